@@ -1,0 +1,274 @@
+"""Run configuration: frozen dataclasses, YAML presets, ``key=value`` overrides.
+
+A config is built from a preset name (``configs/<name>.yaml`` inside the package) or a YAML
+path, then ``--set`` overrides. Keys are ``section.field`` or, where unambiguous, the bare
+field name (``alpha=1e-4`` means ``loss.alpha``). Unknown keys and bad values raise
+``ConfigError`` naming the valid choices.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "fashion-mnist"  # fashion-mnist | cifar10 | cifar100 | cifar10-dvs
+    dir: typing.Optional[str] = None  # data folder; else $TWINSNN_DATA, else system locations
+    download: bool = False  # fetch from the official source when not found locally
+    val_size: int = 5000  # samples carved out of the training set for model selection
+    val_seed: int = 0  # seed of that split (fixed, so every run validates on the same set)
+    augment: bool = True  # paper 5.1.1 augmentation on training batches
+    resolution: int = 48  # event data: frames are resized to resolution x resolution
+    split_seed: int = 0  # event data: seed of the per-class 9:1 train/test split
+    cache_dir: typing.Optional[str] = None  # event data: where framed samples are cached
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "cifarnet"
+    width: float = 1.0  # multiplies every channel and hidden count
+    timesteps: int = 5  # T
+    dropout: float = 0.2  # on the FC layers, one mask for all timesteps
+    fc_norm: str = "batchnorm"  # batchnorm | none: normalization after each hidden FC
+    decay: float = 0.5  # LIF leak a in eq. 1
+    threshold: float = 1.0  # LIF firing threshold theta in eq. 1
+    readout_decay: float = 0.5  # leak of the non-spiking output potential; 0 = sum of currents
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 250
+    batch_size: int = 256
+    eval_batch_size: int = 1000
+    lr: float = 0.01  # Adam
+    lr_gamma: float = 0.928  # StepLR factor
+    lr_step_size: int = 1  # StepLR period, in units of lr_step_unit
+    lr_step_unit: str = "epoch"  # epoch | batch
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    deterministic: typing.Optional[bool] = None  # None: on for CPU, off for CUDA
+    eval_test: bool = False  # also report test accuracy every epoch (never used for choices)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    strategy: str = "single"  # single | tna | kd | kd+ce
+    members: int = 2  # networks trained together by tna (2 = base + twin)
+    alpha: float = 1e-4  # weight of the logit matching term, eq. 5
+    reduction: str = "sum"  # sum | batchmean | mean, of the squared logit differences
+    match: str = "logits"  # logits (summed over T) | potentials (per timestep)
+    teacher: typing.Optional[str] = None  # kd, kd+ce: checkpoint of the frozen teacher
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    mode: str = "none"  # none | ternary | binary
+    start_epoch: int = 150  # first epoch (0-based) trained with compressed weights
+    delta: float = 0.1  # ternary threshold, eq. 6
+    full_precision_ends: bool = True  # keep the first conv and the output layer in fp32
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "run"  # run folder under out_dir
+    out_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+
+
+CHOICES = {
+    "data.name": ("fashion-mnist", "cifar10", "cifar100", "cifar10-dvs"),
+    "model.arch": ("cifarnet",),
+    "model.fc_norm": ("batchnorm", "none"),
+    "train.lr_step_unit": ("epoch", "batch"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "loss.strategy": ("single", "tna", "kd", "kd+ce"),
+    "loss.reduction": ("sum", "batchmean", "mean"),
+    "loss.match": ("logits", "potentials"),
+    "quant.mode": ("none", "ternary", "binary"),
+}
+POSITIVE = ("model.width", "model.timesteps", "model.threshold", "train.epochs",
+            "train.batch_size", "train.eval_batch_size", "train.lr", "train.lr_gamma",
+            "train.lr_step_size", "loss.members", "data.resolution")
+UNIT_INTERVAL = ("model.decay", "model.readout_decay")  # [0, 1]
+NON_NEGATIVE = ("loss.alpha", "quant.delta", "quant.start_epoch", "data.val_size")
+
+
+def leaf_keys() -> dict[str, type]:
+    """Every settable key, ``section.field`` (or top-level field), with its type."""
+    hints = typing.get_type_hints(Config)
+    keys = {}
+    for f in dataclasses.fields(Config):
+        if dataclasses.is_dataclass(hints[f.name]):
+            sub = typing.get_type_hints(hints[f.name])
+            keys.update({f"{f.name}.{g.name}": sub[g.name] for g in dataclasses.fields(hints[f.name])})
+        else:
+            keys[f.name] = hints[f.name]
+    return keys
+
+
+def resolve_key(key: str) -> str:
+    """``alpha`` -> ``loss.alpha``; full keys pass through; anything else is an error."""
+    keys = leaf_keys()
+    if key in keys:
+        return key
+    matches = [k for k in keys if k.split(".")[-1] == key]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise ConfigError(f"config key {key!r} is ambiguous; use one of {matches}")
+    raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(keys)}")
+
+
+def _coerce(key: str, value, kind):
+    origin_args = typing.get_args(kind)
+    optional = type(None) in origin_args
+    base = next((a for a in origin_args if a is not type(None)), kind)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{key} may not be empty")
+    if isinstance(value, str) and base in (int, float):
+        try:  # YAML reads 1e-3 (no dot) as a string
+            value = float(value)
+        except ValueError:
+            pass
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+    elif base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif base is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(f"{key} must be {base.__name__}, got {value!r}")
+
+
+def _check(key: str, value) -> None:
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ConfigError(f"{key} must be one of {', '.join(CHOICES[key])}; got {value!r}")
+    if key in POSITIVE and not value > 0:
+        raise ConfigError(f"{key} must be positive, got {value!r}")
+    if key in UNIT_INTERVAL and not 0 <= value <= 1:
+        raise ConfigError(f"{key} must be in [0, 1], got {value!r}")
+    if key in NON_NEGATIVE and value < 0:
+        raise ConfigError(f"{key} must be >= 0, got {value!r}")
+    if key == "model.dropout" and not 0 <= value < 1:
+        raise ConfigError(f"model.dropout must be in [0, 1), got {value!r}")
+
+
+def from_flat(flat: dict) -> Config:
+    """Build a validated ``Config`` from ``{"section.field": value}`` (missing keys: defaults)."""
+    keys = leaf_keys()
+    sections: dict[str, dict] = {}
+    top = {}
+    for raw_key, value in flat.items():
+        key = resolve_key(raw_key)
+        value = _coerce(key, value, keys[key])
+        _check(key, value)
+        if "." in key:
+            section, name = key.split(".")
+            sections.setdefault(section, {})[name] = value
+        else:
+            top[key] = value
+    hints = typing.get_type_hints(Config)
+    built = {s: hints[s](**vals) for s, vals in sections.items()}
+    cfg = Config(**top, **built)
+    if cfg.loss.strategy in ("kd", "kd+ce") and not cfg.loss.teacher:
+        raise ConfigError(f"loss.strategy={cfg.loss.strategy} needs a teacher: --teacher PATH")
+    return cfg
+
+
+def to_flat(cfg: Config) -> dict:
+    """``{"section.field": value}`` for every key; ``from_flat(to_flat(c)) == c``."""
+    flat = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            flat.update({f"{f.name}.{k}": v for k, v in dataclasses.asdict(value).items()})
+        else:
+            flat[f.name] = value
+    return flat
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _flatten_yaml(tree: dict, source: str) -> dict:
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{source}: expected a mapping of config sections, got {type(tree).__name__}")
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[str(key)] = value
+    return flat
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("twinsnn.configs").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def read_yaml(preset_or_path: str) -> dict:
+    """A preset name or a YAML file path -> flat dict of its keys."""
+    path = Path(preset_or_path)
+    if preset_or_path in preset_names():
+        text = resources.files("twinsnn.configs").joinpath(f"{preset_or_path}.yaml").read_text()
+        source = f"preset {preset_or_path}"
+    elif path.suffix in (".yaml", ".yml") and path.is_file():
+        text, source = path.read_text(), str(path)
+    else:
+        raise ConfigError(f"no preset or YAML file {preset_or_path!r}; presets: "
+                          f"{', '.join(preset_names())}")
+    try:
+        tree = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML ({str(e).splitlines()[0]})") from None
+    return _flatten_yaml(tree, source)
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """``["lr=0.01", "loss.alpha=1e-4"]`` -> ``{"lr": 0.01, ...}``; values parsed as YAML."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {pair!r} is not key=value")
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out
+
+
+def load_config(preset_or_path: str | None = None, overrides: list[str] | dict = ()) -> Config:
+    """Preset or YAML, then overrides (``key=value`` strings or a dict) -> validated Config."""
+    flat = read_yaml(preset_or_path) if preset_or_path else {}
+    extra = parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides)
+    merged = {resolve_key(k): v for k, v in flat.items()}
+    merged.update({resolve_key(k): v for k, v in extra.items()})
+    return from_flat(merged)
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

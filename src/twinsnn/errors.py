@@ -1,0 +1,20 @@
+"""The one error type the command line turns into a single line and exit code 2."""
+
+
+class TwinsnnError(Exception):
+    """A problem the user can fix: bad input, a missing file, a wrong config value.
+
+    The message says what is wrong and how to fix it; the CLI prints it without a traceback.
+    """
+
+
+class DataError(TwinsnnError):
+    """A data file is missing, truncated, corrupt or fails its checksum."""
+
+
+class ConfigError(TwinsnnError):
+    """An unknown preset or key, or a value outside its valid range."""
+
+
+class CheckpointError(TwinsnnError):
+    """A checkpoint or exported model cannot be read or does not fit the model."""

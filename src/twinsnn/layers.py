@@ -1,0 +1,68 @@
+"""Building blocks over time-major tensors ``x_tb = [T, B, ...]``.
+
+Convolutions, BatchNorm and linear layers see time folded into the batch
+(``[T*B, ...]``), so each runs once per forward instead of once per timestep.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .neurons import LIF
+
+
+def fold(x_tb: torch.Tensor) -> torch.Tensor:
+    """``[T, B, ...] -> [T*B, ...]``."""
+    return x_tb.flatten(0, 1)
+
+
+def unfold(x: torch.Tensor, timesteps: int) -> torch.Tensor:
+    """``[T*B, ...] -> [T, B, ...]``."""
+    return x.unflatten(0, (timesteps, -1))
+
+
+class TimeSharedDropout(nn.Module):
+    """Dropout whose mask is drawn once per sample and shared by all T timesteps."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x_tb: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x_tb
+        keep = torch.empty_like(x_tb[0]).bernoulli_(1.0 - self.p) / (1.0 - self.p)
+        return x_tb * keep  # [B, ...] broadcasts over T
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class SpikingBlock(nn.Module):
+    """``synapse -> norm -> LIF [-> pool] [-> dropout]`` over ``[T, B, ...]``."""
+
+    def __init__(self, synapse: nn.Module, norm: nn.Module, lif: LIF,
+                 pool: nn.Module | None = None, dropout: nn.Module | None = None):
+        super().__init__()
+        self.synapse = synapse
+        self.norm = norm
+        self.lif = lif
+        self.pool = pool or nn.Identity()
+        self.dropout = dropout or nn.Identity()
+
+    def forward(self, x_tb: torch.Tensor) -> torch.Tensor:
+        current = self.norm(self.synapse(fold(x_tb)))
+        return self._fire(unfold(current, x_tb.shape[0]))
+
+    def forward_static(self, x: torch.Tensor, timesteps: int) -> torch.Tensor:
+        """Input constant over time ``[B, ...]``: the synapse and norm run once, not T times."""
+        current = self.norm(self.synapse(x))
+        return self._fire(current.expand(timesteps, *current.shape))
+
+    def _fire(self, current_tb: torch.Tensor) -> torch.Tensor:
+        spikes_tb = self.lif(current_tb)
+        if not isinstance(self.pool, nn.Identity):
+            spikes_tb = unfold(self.pool(fold(spikes_tb)), spikes_tb.shape[0])
+        return self.dropout(spikes_tb)

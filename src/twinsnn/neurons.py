@@ -1,0 +1,86 @@
+"""Leaky integrate-and-fire dynamics (paper eq. 1) with the boxcar surrogate (eq. 4).
+
+Shapes are time-major: ``current_tb`` is ``[T, B, ...]``.
+
+    u[t] = a * u[t-1] * (1 - s[t-1]) + I[t]        (hard reset to 0 after a spike)
+    s[t] = 1 if u[t] >= theta else 0
+    ds/du ~= 0.5 if |u[t] - theta| <= 0.5 else 0   (boxcar surrogate)
+
+The whole sequence is one autograd node: the forward keeps only the membrane potentials
+``u`` (spikes are recomputed from them), and the backward runs the exact BPTT recursion of
+eq. 1 through both the leak and the reset, with the boxcar standing in for ds/du.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+SURROGATE_HEIGHT = 0.5  # eq. 4: value of ds/du inside the window
+SURROGATE_HALF_WIDTH = 0.5  # eq. 4: window |u - theta| <= 0.5
+
+
+def boxcar(u: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Eq. 4: the surrogate derivative ds/du, elementwise."""
+    return ((u - threshold).abs() <= SURROGATE_HALF_WIDTH).to(u.dtype) * SURROGATE_HEIGHT
+
+
+class _LIFSequence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, current_tb: torch.Tensor, decay: float, threshold: float):
+        u_tb = torch.empty_like(current_tb)
+        spikes_tb = torch.empty_like(current_tb)
+        v = torch.zeros_like(current_tb[0])  # potential after reset
+        for t in range(current_tb.shape[0]):
+            u = torch.add(current_tb[t], v, alpha=decay) if t else current_tb[t]
+            s = (u >= threshold).to(u.dtype)
+            u_tb[t] = u
+            spikes_tb[t] = s
+            v = u * (1.0 - s)
+        ctx.save_for_backward(u_tb)
+        ctx.decay, ctx.threshold = decay, threshold
+        return spikes_tb
+
+    @staticmethod
+    def backward(ctx, grad_spikes_tb: torch.Tensor):
+        (u_tb,) = ctx.saved_tensors
+        decay, threshold = ctx.decay, ctx.threshold
+        grad_current_tb = torch.empty_like(u_tb)
+        grad_v = None  # dL/dv[t], v[t] = u[t] * (1 - s[t])
+        for t in reversed(range(u_tb.shape[0])):
+            u = u_tb[t]
+            surrogate = boxcar(u, threshold)
+            if grad_v is None:
+                grad_u = grad_spikes_tb[t] * surrogate
+            else:
+                s = (u >= threshold).to(u.dtype)
+                # through s[t] (surrogate): upstream spikes and the reset term -u * ds/du
+                # through the kept potential: (1 - s[t])
+                grad_u = (grad_spikes_tb[t] - grad_v * u) * surrogate + grad_v * (1.0 - s)
+            grad_current_tb[t] = grad_u
+            grad_v = grad_u * decay
+        return grad_current_tb, None, None
+
+
+def lif(current_tb: torch.Tensor, decay: float = 0.5, threshold: float = 1.0) -> torch.Tensor:
+    """Spikes ``[T, B, ...]`` (0/1 in the input's dtype) of LIF neurons driven by ``current_tb``.
+
+    The state starts at 0 and lives only inside this call.
+    """
+    if current_tb.dim() < 2:
+        raise ValueError(f"lif expects [T, B, ...], got shape {tuple(current_tb.shape)}")
+    return _LIFSequence.apply(current_tb, float(decay), float(threshold))
+
+
+class LIF(nn.Module):
+    """Multi-step LIF layer over ``[T, B, ...]``; holds only its parameters, never state."""
+
+    def __init__(self, decay: float = 0.5, threshold: float = 1.0):
+        super().__init__()
+        self.decay = decay
+        self.threshold = threshold
+
+    def forward(self, current_tb: torch.Tensor) -> torch.Tensor:
+        return lif(current_tb, self.decay, self.threshold)
+
+    def extra_repr(self) -> str:
+        return f"decay={self.decay}, threshold={self.threshold}"
