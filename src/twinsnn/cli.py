@@ -1,0 +1,135 @@
+"""The ``twinsnn`` command line. Every user error ends in one line on stderr and exit code 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import TwinsnnError
+
+DESCRIPTION = """\
+Train spiking neural networks with twin network augmentation (TNA) and compress them
+to ternary weights.
+
+typical use:
+  twinsnn train --config fmnist-cpu            train a spiking CIFARNet on Fashion-MNIST
+  twinsnn eval runs/fmnist-cpu/model.safetensors   test accuracy, confusion, firing rates
+  twinsnn data check fashion-mnist              where the data is and whether it is intact
+  twinsnn presets                               list the built-in configs
+"""
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", default="fmnist-cpu",
+                   help="preset name (see `twinsnn presets`) or a YAML file (default: fmnist-cpu)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.lr=0.001 or --set alpha=1e-4")
+    p.add_argument("--name", help="run folder name under --out-dir (default: the preset's)")
+    p.add_argument("--out-dir", help="where run folders go (default: runs)")
+    p.add_argument("--data-dir", help="folder holding the data set (default: $TWINSNN_DATA, "
+                                      "then system locations)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: auto")
+    p.add_argument("--seed", type=int, help="random seed of the run")
+    p.add_argument("--teacher", help="kd / kd+ce: the frozen teacher's model.safetensors")
+    p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
+                   help="bitwise-reproducible kernels (default: on for CPU, off for CUDA)")
+
+
+def _config_from_args(args):
+    from .config import load_config
+    overrides = list(args.overrides)
+    for key, value in (("name", args.name), ("out_dir", args.out_dir), ("data.dir", args.data_dir),
+                       ("train.device", args.device), ("train.seed", args.seed),
+                       ("loss.teacher", args.teacher), ("train.deterministic", args.deterministic)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    return load_config(args.config, overrides)
+
+
+def cmd_train(args) -> int:
+    from .train import fit
+    cfg = _config_from_args(args)
+    record = fit(cfg, resume=args.resume, progress=not args.quiet)
+    run_dir = Path(cfg.out_dir) / cfg.name
+    print(f"finished {cfg.name}: val acc {record.get('val_acc/0', float('nan')):.4f}; "
+          f"model saved to {run_dir / 'model.safetensors'}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import evaluate_file
+    report = evaluate_file(Path(args.model), member=args.member, data_dir=args.data_dir,
+                           device=args.device or "auto", split=args.split)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        from .evaluate import format_report
+        print(format_report(report))
+    return 0
+
+
+def cmd_data_check(args) -> int:
+    from .config import DataConfig
+    from .data import dataset_module
+    print(dataset_module(args.dataset).check(DataConfig(name=args.dataset, dir=args.data_dir)))
+    return 0
+
+
+def cmd_presets(_args) -> int:
+    from .config import preset_names
+    print("\n".join(preset_names()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="twinsnn", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a network (or a TNA cohort) from a config")
+    _add_config_args(p)
+    p.add_argument("--resume", action="store_true", help="continue the run in its folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="test accuracy, confusion matrix and firing rates of a model")
+    p.add_argument("model", help="model.safetensors, checkpoint.pt or an exported .tnn file")
+    p.add_argument("--member", type=int, default=0, help="cohort member of a checkpoint (0 = base)")
+    p.add_argument("--split", choices=["test", "val"], default="test")
+    p.add_argument("--data-dir")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("data", help="data set utilities")
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
+    c = dsub.add_parser("check", help="where the data set was looked for, found and verified")
+    c.add_argument("dataset")
+    c.add_argument("--data-dir")
+    c.set_defaults(func=cmd_data_check)
+
+    p = sub.add_parser("presets", help="list the built-in configs")
+    p.set_defaults(func=cmd_presets)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except TwinsnnError as e:
+        print(f"twinsnn: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("twinsnn: interrupted; a checkpoint was written, continue with --resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Evaluate a saved network (inference model, training checkpoint or packed export) on
+the test (or validation) split of the data set it was trained on."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from . import quant
+from .checkpoint import load_checkpoint, load_model
+from .config import from_flat
+from .data import build_data
+from .errors import CheckpointError
+from .train import Preprocess, evaluate, model_kwargs, resolve_device
+from .models import build_model
+
+
+def load_for_eval(path: Path, member: int = 0):
+    """``(model, config)`` from ``model.safetensors``, ``checkpoint.pt`` or a ``.tnn`` file."""
+    if path.suffix == ".tnn":
+        from .export import load_packed
+        model, meta = load_packed(path)
+        return model, from_flat(meta["config"])
+    if path.suffix == ".safetensors":
+        if member != 0:
+            raise CheckpointError(f"{path} holds the base network only; use checkpoint.pt "
+                                  "for --member")
+        model, meta = load_model(path)
+        return model, from_flat(meta["config"])
+    state = load_checkpoint(path)
+    cfg = from_flat(state["config"])
+    if not 0 <= member < len(state["members"]):
+        raise CheckpointError(f"{path} has members 0..{len(state['members']) - 1}, not {member}")
+    return state, cfg
+
+
+def evaluate_file(path: Path, member: int = 0, data_dir: str | None = None,
+                  device: str = "auto", split: str = "test") -> dict:
+    loaded, cfg = load_for_eval(path, member)
+    if data_dir is not None:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dir=data_dir))
+    dev = resolve_device(device)
+    data = build_data(cfg.data, cfg.model.timesteps)
+    if isinstance(loaded, dict):  # a training checkpoint: rebuild the member
+        model = build_model(**model_kwargs(cfg, data))
+        if member == 0:
+            quant.set_compression(model, cfg.quant, loaded["epoch"])
+        model.load_state_dict(loaded["members"][member])
+    else:
+        model = loaded
+    model = model.to(dev).eval()
+    dataset = data.test if split == "test" else data.val
+    result = evaluate(model, dataset, Preprocess(data, augment=False), cfg.train.eval_batch_size,
+                      dev, data.num_classes)
+    return {"model": str(path), "member": member, "data": data.name, "split": split,
+            "samples": len(dataset), "accuracy": result["acc"], "loss": result["loss"],
+            "confusion": result["confusion"], "firing_rates": result["rates"]}
+
+
+def format_report(report: dict) -> str:
+    lines = [f"{report['model']} (member {report['member']}) on {report['data']} "
+             f"{report['split']} ({report['samples']} samples)",
+             f"accuracy: {100 * report['accuracy']:.2f}%   mean CE: {report['loss']:.4f}",
+             "confusion matrix (rows: true class, columns: predicted):"]
+    lines += ["  " + " ".join(f"{v:5d}" for v in row) for row in report["confusion"]]
+    lines.append("firing rates (spikes per neuron per timestep):")
+    lines += [f"  {name:10s} {rate:.4f}" for name, rate in report["firing_rates"].items()]
+    return "\n".join(lines)

@@ -1,0 +1,235 @@
+"""Ternary and binary weights (paper section 4.2) with a straight-through estimator.
+
+Ternary weights follow eq. 6 with a symmetric threshold ``delta``:
+
+    W_t = -1 if W < -delta,   0 if |W| <= delta,   +1 if W > delta
+
+and binary weights are ``sign(W)`` with ``sign(0) = +1``. The codes carry no scale factor
+(``scale="none"``, the paper); ``scale="layer"`` or ``"channel"`` multiplies them by the mean
+``|W|`` over the kept (non-zero code) weights of the layer or of each output channel.
+The backward pass is the identity: the gradient reaches the latent full-precision weight
+unchanged, so it keeps learning while the forward sees the quantized weight.
+
+Compression is attached with ``torch.nn.utils.parametrize``: the latent weight becomes
+``module.parametrizations.weight.original``, the same ``Parameter`` object, so an optimizer
+built before compression keeps updating it with its state intact.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .errors import ConfigError
+
+MODES = ("ternary", "binary")
+SCALES = ("none", "layer", "channel")
+
+
+def quant_codes(w: torch.Tensor, mode: str, delta: float = 0.1) -> torch.Tensor:
+    """Codes of ``w`` in its dtype: eq. 6 for ternary (``delta`` compared in ``w``'s dtype,
+    boundaries ``|w| = delta`` map to 0), ``sign`` with ``0 -> +1`` for binary."""
+    if mode == "ternary":
+        return (w > delta).to(w.dtype) - (w < -delta).to(w.dtype)
+    if mode == "binary":
+        return torch.where(w >= 0, 1.0, -1.0).to(w.dtype)
+    raise ConfigError(f"quant.mode must be one of {MODES}, got {mode!r}")
+
+
+def quant_scale(w: torch.Tensor, codes: torch.Tensor, scale: str) -> torch.Tensor | None:
+    """Full-precision factor multiplying ``codes``: ``None`` (scale "none"), shape
+    ``[1, 1, ...]`` ("layer") or ``[out, 1, ...]`` ("channel"); the mean ``|w|`` over the
+    entries with a non-zero code, 0 where there are none."""
+    if scale == "none":
+        return None
+    if scale not in SCALES:
+        raise ConfigError(f"quant.scale must be one of {SCALES}, got {scale!r}")
+    kept = (codes != 0).to(w.dtype)
+    dims = tuple(range(w.dim())) if scale == "layer" else tuple(range(1, w.dim()))
+    total = (w.abs() * kept).sum(dims, keepdim=True)
+    return total / kept.sum(dims, keepdim=True).clamp(min=1.0)
+
+
+class _StraightThrough(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, mode: str, delta: float, scale: str) -> torch.Tensor:
+        codes = quant_codes(w, mode, delta)
+        factor = quant_scale(w, codes, scale)
+        return codes if factor is None else codes * factor
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None, None, None
+
+
+def quantize(w: torch.Tensor, mode: str, delta: float = 0.1,
+             scale: str = "none") -> torch.Tensor:
+    """``quant_codes(w) * quant_scale(w)`` forward, identity backward (straight-through)."""
+    return _StraightThrough.apply(w, mode, float(delta), scale)
+
+
+def ternarize(w: torch.Tensor, delta: float = 0.1) -> torch.Tensor:
+    """Eq. 6: values exactly in {-1, 0, +1}; gradient passes through unchanged."""
+    return quantize(w, "ternary", delta)
+
+
+def binarize(w: torch.Tensor) -> torch.Tensor:
+    """``sign(w)`` in {-1, +1} with ``sign(0) = +1``; gradient passes through unchanged."""
+    return quantize(w, "binary")
+
+
+class Quantize(nn.Module):
+    """Parametrization ``weight = quantize(original, mode, delta, scale)``."""
+
+    def __init__(self, mode: str, delta: float = 0.1, scale: str = "none"):
+        super().__init__()
+        self.configure(mode, delta, scale)
+
+    def configure(self, mode: str, delta: float, scale: str) -> None:
+        if mode not in MODES:
+            raise ConfigError(f"quant.mode must be one of {MODES}, got {mode!r}")
+        if scale not in SCALES:
+            raise ConfigError(f"quant.scale must be one of {SCALES}, got {scale!r}")
+        if not delta >= 0.0:
+            raise ConfigError(f"quant.delta must be >= 0, got {delta}")
+        self.mode, self.delta, self.scale = mode, float(delta), scale
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return quantize(w, self.mode, self.delta, self.scale)
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode}, delta={self.delta}, scale={self.scale}"
+
+
+def quantizer(module: nn.Module) -> Quantize | None:
+    """The ``Quantize`` parametrization on ``module.weight``, or ``None``."""
+    if not parametrize.is_parametrized(module, "weight"):
+        return None
+    found = [p for p in module.parametrizations.weight if isinstance(p, Quantize)]
+    return found[0] if found else None
+
+
+def _ends(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    return model.convs[0].synapse, model.out
+
+
+def compress(model: nn.Module, mode: str, delta: float = 0.1,
+             full_precision_ends: bool = True, scale: str = "none") -> list[str]:
+    """Quantize the weight of every ``nn.Conv2d``/``nn.Linear`` in ``model`` (except the first
+    conv and the output layer when ``full_precision_ends``). Idempotent: an existing
+    parametrization is reconfigured, never stacked. Returns the compressed layer names."""
+    skip = _ends(model) if full_precision_ends else ()
+    for module in list(model.modules()):
+        if not isinstance(module, (nn.Conv2d, nn.Linear)) or any(module is s for s in skip):
+            continue
+        existing = quantizer(module)
+        if existing is not None:
+            existing.configure(mode, delta, scale)
+        else:
+            parametrize.register_parametrization(module, "weight", Quantize(mode, delta, scale))
+    return compressed_layers(model)
+
+
+def decompress(model: nn.Module) -> None:
+    """Remove every ``Quantize`` parametrization; the latent weights (same ``Parameter``
+    objects) become the plain weights again."""
+    for module in list(model.modules()):
+        if quantizer(module) is not None:
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+
+
+def baked(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` without parametrizations: each compressed weight becomes a plain
+    ``Parameter`` holding its quantized values (``codes * scale``); ``model`` is untouched."""
+    plain = copy.deepcopy(model)
+    for module in list(plain.modules()):
+        if quantizer(module) is not None:
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+    return plain
+
+
+def is_compressed(model: nn.Module) -> bool:
+    return any(quantizer(m) is not None for m in model.modules())
+
+
+def compressed_layers(model: nn.Module) -> list[str]:
+    """Names (as in ``named_modules``) of the layers whose weight is quantized."""
+    return [name for name, m in model.named_modules() if quantizer(m) is not None]
+
+
+def set_compression(model: nn.Module, cfg_quant, epoch: int) -> bool:
+    """Delayed compression (section 4.2): full precision for epochs ``< cfg.start_epoch``,
+    compressed from ``epoch == cfg.start_epoch`` on; never for mode "none".
+    Returns whether compression is on for ``epoch`` (0-based)."""
+    on = cfg_quant.mode != "none" and epoch >= cfg_quant.start_epoch
+    if on:
+        compress(model, cfg_quant.mode, cfg_quant.delta, cfg_quant.full_precision_ends,
+                 getattr(cfg_quant, "scale", "none"))
+    else:
+        decompress(model)
+    return on
+
+
+@torch.no_grad()
+def weight_sparsity(model: nn.Module) -> dict[str, float]:
+    """``{layer: fraction of zero weights}`` of the quantized weights of compressed layers."""
+    return {name: (m.weight == 0).float().mean().item()
+            for name, m in model.named_modules() if quantizer(m) is not None}
+
+
+def _pack(values: torch.Tensor, bits: int) -> torch.Tensor:
+    """Unsigned ``values < 2**bits`` (flattened) -> uint8, ``8 // bits`` per byte, first value
+    in the lowest bits; the tail is zero-padded."""
+    per_byte = 8 // bits
+    flat = values.reshape(-1).to(torch.uint8)
+    flat = torch.cat([flat, flat.new_zeros(-flat.numel() % per_byte)]).view(-1, per_byte)
+    shifts = torch.arange(0, 8, bits, dtype=torch.uint8)
+    return (flat << shifts).sum(1, dtype=torch.uint8)  # disjoint bits: sum == bitwise or
+
+
+def _unpack(packed: torch.Tensor, numel: int, bits: int) -> torch.Tensor:
+    per_byte = 8 // bits
+    if packed.dtype != torch.uint8 or packed.dim() != 1:
+        raise ValueError(f"packed codes must be a 1-d uint8 tensor, got {packed.dtype} "
+                         f"{tuple(packed.shape)}")
+    if packed.numel() != -(-numel // per_byte):
+        raise ValueError(f"{packed.numel()} bytes cannot hold exactly {numel} codes "
+                         f"of {bits} bit(s)")
+    shifts = torch.arange(0, 8, bits, dtype=torch.uint8)
+    return ((packed[:, None] >> shifts) & (2**bits - 1)).view(-1)[:numel]
+
+
+def _check_codes(codes: torch.Tensor, allowed: tuple[int, ...]) -> None:
+    if not bool(torch.isin(codes, torch.tensor(allowed, dtype=codes.dtype)).all()):
+        raise ValueError(f"codes must be in {set(allowed)}")
+
+
+def pack_ternary(codes: torch.Tensor) -> torch.Tensor:
+    """Codes in {-1, 0, 1} (any shape, ``n`` elements) -> uint8 ``[ceil(n / 4)]``, 2 bits per
+    code as 2-bit two's complement: 0 -> 00, +1 -> 01, -1 -> 11."""
+    _check_codes(codes, (-1, 0, 1))
+    return _pack(codes.to(torch.int8) & 3, 2)
+
+
+def unpack_ternary(packed: torch.Tensor, numel: int) -> torch.Tensor:
+    """Inverse of ``pack_ternary``: int8 ``[numel]`` in {-1, 0, 1}; the unused pattern 10
+    raises ``ValueError``."""
+    u = _unpack(packed, numel, 2).to(torch.int8)
+    codes = (u ^ 2) - 2  # sign-extend 2-bit two's complement
+    if bool((codes == -2).any()):
+        raise ValueError("packed ternary codes contain the invalid pattern 0b10")
+    return codes
+
+
+def pack_binary(codes: torch.Tensor) -> torch.Tensor:
+    """Codes in {-1, +1} (``n`` elements) -> uint8 ``[ceil(n / 8)]``, 1 bit per code
+    (1 = +1, 0 = -1)."""
+    _check_codes(codes, (-1, 1))
+    return _pack(codes.reshape(-1) > 0, 1)
+
+
+def unpack_binary(packed: torch.Tensor, numel: int) -> torch.Tensor:
+    """Inverse of ``pack_binary``: int8 ``[numel]`` in {-1, +1}."""
+    return _unpack(packed, numel, 1).to(torch.int8) * 2 - 1
