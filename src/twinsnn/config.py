@@ -25,6 +25,8 @@ class DataConfig:
     download: bool = False  # fetch from the official source when not found locally
     val_size: int = 5000  # samples carved out of the training set for model selection
     val_seed: int = 0  # seed of that split (fixed, so every run validates on the same set)
+    train_limit: typing.Optional[int] = None  # train on the first N samples only (quick trials)
+    verify: bool = True  # check the official checksums of known data files
     augment: bool = True  # paper 5.1.1 augmentation on training batches
     resolution: int = 48  # event data: frames are resized to resolution x resolution
     split_seed: int = 0  # event data: seed of the per-class 9:1 train/test split
@@ -103,6 +105,7 @@ POSITIVE = ("model.width", "model.timesteps", "model.threshold", "train.epochs",
             "train.lr_step_size", "loss.members", "data.resolution")
 UNIT_INTERVAL = ("model.decay", "model.readout_decay")  # [0, 1]
 NON_NEGATIVE = ("loss.alpha", "quant.delta", "quant.start_epoch", "data.val_size")
+POSITIVE_OR_NONE = ("data.train_limit",)
 
 
 def leaf_keys() -> dict[str, type]:
@@ -170,6 +173,8 @@ def _check(key: str, value) -> None:
         raise ConfigError(f"{key} must be in [0, 1], got {value!r}")
     if key in NON_NEGATIVE and value < 0:
         raise ConfigError(f"{key} must be >= 0, got {value!r}")
+    if key in POSITIVE_OR_NONE and value is not None and not value > 0:
+        raise ConfigError(f"{key} must be positive, got {value!r}")
     if key == "model.dropout" and not 0 <= value < 1:
         raise ConfigError(f"model.dropout must be in [0, 1), got {value!r}")
 

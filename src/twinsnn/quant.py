@@ -145,8 +145,16 @@ def baked(model: nn.Module) -> nn.Module:
     ``Parameter`` holding its quantized values (``codes * scale``); ``model`` is untouched."""
     plain = copy.deepcopy(model)
     for module in list(plain.modules()):
-        if quantizer(module) is not None:
-            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+        if quantizer(module) is None:
+            continue
+        with torch.no_grad():
+            weight = module.weight.clone()
+        # A deep copy shares its parametrized class with the original module, and
+        # parametrize.remove_parametrizations would edit that class; restore the plain class
+        # on the copy instead.
+        module.__class__ = type(module).__bases__[0]
+        del module.parametrizations
+        module.weight = nn.Parameter(weight)
     return plain
 
 

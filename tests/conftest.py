@@ -1,0 +1,38 @@
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from twinsnn.data import fashion_mnist
+
+
+def write_idx_gz(path: Path, array: np.ndarray) -> None:
+    """An IDX file exactly as the (Fashion-)MNIST distribution has it, gzip-compressed."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", n) for n in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def tiny_fmnist(tmp_path) -> Path:
+    """A Fashion-MNIST-format folder: 200 train and 60 test images of two learnable classes."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "fmnist"
+    folder.mkdir()
+    for split, n in (("train", 200), ("test", 60)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+        images[:, :14] += (labels[:, None, None] * 19).astype(np.uint8)  # class-dependent band
+        prefix = "t10k" if split == "test" else "train"
+        write_idx_gz(folder / fashion_mnist.FILES[f"{split}_images"][0], images)
+        write_idx_gz(folder / fashion_mnist.FILES[f"{split}_labels"][0], labels)
+        assert fashion_mnist.FILES[f"{split}_images"][0].startswith(prefix)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

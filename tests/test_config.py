@@ -1,0 +1,58 @@
+import pytest
+
+from twinsnn.config import (Config, dump_yaml, from_flat, load_config, preset_names, read_yaml,
+                            resolve_key, to_flat)
+from twinsnn.errors import ConfigError
+
+
+def test_presets_load_and_round_trip(tmp_path):
+    for name in preset_names():
+        cfg = load_config(name)
+        assert from_flat(to_flat(cfg)) == cfg
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(dump_yaml(cfg))
+        assert load_config(str(path)) == cfg
+
+
+def test_overrides_short_and_dotted_keys():
+    cfg = load_config("fmnist-cpu", ["alpha=1e-3", "train.lr=0.002", "epochs=7"])
+    assert cfg.loss.alpha == 1e-3 and cfg.train.lr == 0.002 and cfg.train.epochs == 7
+    assert resolve_key("width") == "model.width"
+
+
+@pytest.mark.parametrize("override,match", [
+    ("bogus=1", "unknown config key 'bogus'; valid keys"),
+    ("train.lr=0", "must be positive"),
+    ("train.lr=-0.1", "must be positive"),
+    ("batch_size=0", "must be positive"),
+    ("batch_size=2.5", "must be int"),
+    ("strategy=magic", "must be one of single, tna, kd, kd\\+ce"),
+    ("model.dropout=1.0", "dropout"),
+    ("model.decay=1.5", "\\[0, 1\\]"),
+    ("noequals", "key=value"),
+    ("strategy=kd", "teacher"),
+])
+def test_bad_values_are_rejected_with_the_choices(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config("fmnist-cpu", [override])
+
+
+def test_unknown_preset_lists_presets():
+    with pytest.raises(ConfigError, match="fmnist-cpu"):
+        load_config("no-such-preset")
+
+
+def test_bad_yaml_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {lr: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        read_yaml(str(bad))
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        read_yaml(str(bad))
+
+
+def test_defaults_are_the_papers():
+    cfg = Config()
+    assert (cfg.train.lr, cfg.train.batch_size, cfg.train.lr_gamma, cfg.train.epochs) == (0.01, 256, 0.928, 250)
+    assert (cfg.model.timesteps, cfg.model.dropout, cfg.quant.delta, cfg.quant.start_epoch) == (5, 0.2, 0.1, 150)

@@ -1,0 +1,83 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from twinsnn.losses import Strategy, cohort_loss, distill_loss, squared_error
+
+
+def ce(logits, y):
+    """Eq. 2 by hand: mean over the batch of -log softmax at the label."""
+    return sum(-math.log(math.exp(l[c]) / sum(math.exp(v) for v in l))
+               for l, c in zip(logits.tolist(), y.tolist())) / len(y)
+
+
+LOGITS = [torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]]),
+          torch.tensor([[0.5, 2.5, 0.0], [1.0, -1.0, 2.0]]),
+          torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 1.0]])]
+Y = torch.tensor([1, 2])
+
+
+def hand_sq(a, b):
+    return sum((x - z) ** 2 for x, z in zip(a.flatten().tolist(), b.flatten().tolist()))
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+@pytest.mark.parametrize("reduction,divisor", [("sum", 1), ("batchmean", 2), ("mean", 6)])
+def test_cohort_loss_equals_hand_computation(k, reduction, divisor):
+    alpha = 0.3
+    total, parts = cohort_loss(LOGITS[:k], Y, alpha, reduction)
+    expected = sum(ce(l, Y) for l in LOGITS[:k])
+    expected += alpha * sum(hand_sq(LOGITS[0], l) for l in LOGITS[1:k]) / divisor
+    assert total.item() == pytest.approx(expected, rel=1e-6)
+    assert set(parts) == {f"ce/{i}" for i in range(k)} | ({"match", "match_weighted"} if k > 1 else set())
+
+
+def test_alpha_zero_is_independent_ce_and_gradients():
+    a = LOGITS[0].clone().requires_grad_()
+    b = LOGITS[1].clone().requires_grad_()
+    total, _ = cohort_loss([a, b], Y, alpha=0.0)
+    assert total.item() == pytest.approx(ce(LOGITS[0], Y) + ce(LOGITS[1], Y), rel=1e-6)
+    total.backward()
+    a_alone = LOGITS[0].clone().requires_grad_()
+    F.cross_entropy(a_alone, Y).backward()
+    assert torch.equal(a.grad, a_alone.grad)
+
+
+def test_matching_gradient_reaches_both_members():
+    a = LOGITS[0].clone().requires_grad_()
+    b = LOGITS[1].clone().requires_grad_()
+    _, parts = cohort_loss([a, b], Y, alpha=1.0)
+    parts["match"].backward()
+    torch.testing.assert_close(a.grad, 2 * (LOGITS[0] - LOGITS[1]))
+    torch.testing.assert_close(b.grad, -2 * (LOGITS[0] - LOGITS[1]))
+
+
+def test_per_timestep_matching_and_ce_on_summed_potentials():
+    pots = [torch.randn(4, 2, 3), torch.randn(4, 2, 3)]
+    total, parts = cohort_loss(pots, Y, alpha=0.5)
+    assert parts["ce/0"].item() == pytest.approx(ce(pots[0].sum(0), Y), rel=1e-5)
+    assert parts["match"].item() == pytest.approx(hand_sq(pots[0], pots[1]), rel=1e-5)
+    s = Strategy("tna", 0.5, "sum", "logits", 2)
+    _, p2 = s(pots, Y)
+    assert p2["match"].item() == pytest.approx(hand_sq(pots[0].sum(0), pots[1].sum(0)), rel=1e-5)
+
+
+def test_kd_teacher_gets_no_gradient():
+    student = LOGITS[0].clone().requires_grad_()
+    teacher = LOGITS[1].clone().requires_grad_()
+    total, parts = distill_loss(student, teacher, Y, alpha=0.1, with_ce=False)
+    assert total.item() == pytest.approx(0.1 * hand_sq(LOGITS[0], LOGITS[1]), rel=1e-6)
+    assert "ce/0" not in parts
+    total.backward()
+    assert teacher.grad is None and student.grad is not None
+    total_ce, _ = distill_loss(LOGITS[0], LOGITS[1], Y, alpha=0.0, with_ce=True)
+    assert total_ce.item() == pytest.approx(ce(LOGITS[0], Y), rel=1e-6)
+
+
+def test_reductions_convert_by_batch_and_classes():
+    a, b = torch.randn(8, 10), torch.randn(8, 10)
+    s = squared_error(a, b, "sum")
+    torch.testing.assert_close(s, 8 * squared_error(a, b, "batchmean"))
+    torch.testing.assert_close(s, 80 * squared_error(a, b, "mean"))

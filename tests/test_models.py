@@ -1,0 +1,90 @@
+import pytest
+import torch
+
+from twinsnn.layers import TimeSharedDropout
+from twinsnn.models import build_model, cifarnet
+from twinsnn.errors import ConfigError
+
+
+def small(**kw):
+    return cifarnet(num_classes=10, in_channels=1, width=0.0625, image_size=(28, 28), **kw)
+
+
+def test_shapes_static_and_frames():
+    net = small(timesteps=4)
+    assert net(torch.randn(3, 1, 28, 28)).shape == (3, 10)
+    assert net.potentials(torch.randn(3, 1, 28, 28)).shape == (4, 3, 10)
+    dvs = cifarnet(num_classes=10, in_channels=2, width=0.0625, image_size=(48, 48), timesteps=4)
+    assert dvs(torch.randn(4, 3, 2, 48, 48)).shape == (3, 10)
+
+
+def test_width_scales_every_layer():
+    net = cifarnet(width=0.25, image_size=(32, 32))
+    convs = [b.synapse.out_channels for b in net.convs]
+    assert convs == [32, 64, 128, 256, 128]
+    assert [b.synapse.out_features for b in net.fcs] == [256, 128]
+    assert net.fcs[0].synapse.in_features == 128 * 8 * 8
+
+
+def test_first_conv_runs_once_for_static_input():
+    net = small(timesteps=5)
+    calls = []
+    net.convs[0].synapse.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    net.convs[1].synapse.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    net(torch.randn(2, 1, 28, 28))
+    assert calls == [2, 10]  # first conv on B samples, the next on T*B
+
+
+def test_static_equals_repeated_frames():
+    net = small(timesteps=3).eval()
+    x = torch.randn(2, 1, 28, 28)
+    torch.testing.assert_close(net(x), net(x.expand(3, *x.shape)))
+
+
+def test_logits_are_sum_of_output_potentials():
+    net = small(timesteps=3, readout_decay=0.5).eval()
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(net(x), net.potentials(x).sum(0))
+
+
+def test_readout_potential_integrates_current():
+    net = small(timesteps=3, readout_decay=0.5).eval()
+    currents = []
+    net.out.register_forward_hook(lambda m, i, o: currents.append(o.detach()))
+    pot = net.potentials(torch.randn(2, 1, 28, 28))
+    c = currents[0].unflatten(0, (3, -1))
+    torch.testing.assert_close(pot[2], 0.25 * c[0] + 0.5 * c[1] + c[2])
+
+
+def test_dropout_mask_shared_across_time():
+    drop = TimeSharedDropout(0.5).train()
+    out = drop(torch.ones(5, 64, 32))
+    assert torch.equal(out, out[0].expand_as(out))
+    assert 0 < (out[0] == 0).float().mean() < 1
+    assert torch.equal(drop.eval()(torch.ones(5, 4)), torch.ones(5, 4))
+
+
+def test_two_networks_share_no_state():
+    torch.manual_seed(0)
+    a = small()
+    torch.manual_seed(1)
+    b = small()
+    x = torch.randn(2, 1, 28, 28)
+    before = b.eval()(x)
+    a.eval()(torch.randn(2, 1, 28, 28) * 10)
+    assert torch.equal(b(x), before)
+
+
+def test_backward_reaches_every_parameter():
+    net = small()
+    net(torch.randn(4, 1, 28, 28) * 3).sum().backward()
+    assert all(p.grad is not None for p in net.parameters())
+
+
+def test_bad_image_size_and_names():
+    with pytest.raises(ConfigError):
+        cifarnet(image_size=(30, 30))
+    with pytest.raises(ConfigError, match="cifarnet"):
+        build_model("resnet")
+    with pytest.raises(ConfigError, match="fc_norm"):
+        small(fc_norm="layer")
