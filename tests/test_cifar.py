@@ -135,7 +135,8 @@ def test_cifar10_full_size_archive(tmp_path, monkeypatch):
 
 def test_cifar100_uses_fine_labels(tmp_path, monkeypatch):
     rng = np.random.default_rng(1)
-    fine = {"train": rng.integers(0, 100, 50000).tolist(), "test": rng.integers(0, 100, 10000).tolist()}
+    fine = {"train": rng.integers(0, 100, 50000).tolist(),
+            "test": rng.integers(0, 100, 10000).tolist()}
     members = {name: py2_pickle(batch(len(lab), lab, fine=True)) for name, lab in fine.items()}
     members["meta"] = py2_pickle({b"fine_label_names": [], b"coarse_label_names": []})
     path = tmp_path / "sub" / "cifar-100-python.tar.gz"
@@ -227,7 +228,7 @@ class CallsEval:
         return eval, ("__import__('os').system('true')",)
 
 
-@pytest.mark.parametrize("payload", ["system", "eval", "huge_array", "ndarray_call"])
+@pytest.mark.parametrize("payload", ["system", "eval", "huge_array", "ndarray_call", "huge_bytes"])
 def test_malicious_pickle_is_refused_without_running(tmp_path, monkeypatch, payload):
     marker = tmp_path / "pwned"
     evil = {
@@ -239,8 +240,10 @@ def test_malicious_pickle_is_refused_without_running(tmp_path, monkeypatch, payl
     elif payload == "huge_array":  # _reconstruct asked for a 1 TB array up front
         raw = (b"\x80\x02}U\x04datacnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n"
                b"\x8a\x05\x00\x10\xa5\xd4\xe8\x85U\x01b\x87Rs.")
-    else:  # numpy.ndarray((10**12,), 'u1') called directly
+    elif payload == "ndarray_call":  # numpy.ndarray((10**12,), 'u1') called directly
         raw = b"\x80\x02}U\x04datacnumpy\nndarray\n\x8a\x05\x00\x10\xa5\xd4\xe8\x85U\x02u1\x86Rs."
+    else:  # a byte string that claims 1 TiB but holds 3 bytes
+        raw = b"\x80\x04}\x8c\x04data\x8e" + (1 << 40).to_bytes(8, "little") + b"abc"
     members = small_members()
     members["data_batch_1"] = raw
     path = tmp_path / "cifar-10-python.tar.gz"
@@ -254,7 +257,8 @@ def test_malicious_pickle_is_refused_without_running(tmp_path, monkeypatch, payl
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("case", ["shape", "dtype", "label_range", "label_count", "not_dict", "no_labels"])
+@pytest.mark.parametrize("case", ["shape", "dtype", "label_range", "label_count", "not_dict",
+                                  "no_labels"])
 def test_malformed_batch_contents(tmp_path, monkeypatch, case):
     labels = [0, 1, 2, 3, 4, 9]
     good = batch(6, labels)

@@ -65,9 +65,7 @@ def test_generated_files_fail_the_official_checksum(tiny_fmnist):
         build_data(DataConfig(dir=str(tiny_fmnist), val_size=10), timesteps=5)
 
 
-def test_missing_data_says_where_it_looked_and_how_to_get_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", tmp_path / "nowhere")
-    monkeypatch.delenv("TWINSNN_DATA", raising=False)
+def test_missing_data_says_where_it_looked_and_how_to_get_it(tmp_path):
     with pytest.raises(DataError, match="looked in .*empty.*apt-get install"):
         build_data(DataConfig(dir=str(tmp_path / "empty")), timesteps=5)
 

@@ -60,9 +60,28 @@ def load_checkpoint(path: Path) -> dict:
     except Exception as e:  # unpickling errors have many types; all mean "not ours"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a readable twinsnn checkpoint ({first[:200]})") from None
-    if not isinstance(state, dict) or "members" not in state or "config" not in state:
+    if not isinstance(state, dict) or not {"members", "config", "meta", "epoch"} <= set(state):
         raise CheckpointError(f"{path}: not a twinsnn training checkpoint (missing members/config)")
     return state
+
+
+def member_from_checkpoint(state: dict, member: int = 0, path: Path | str = "checkpoint"):
+    """Rebuild cohort member ``member`` of a loaded checkpoint, compressed as it was trained
+    (only the base is ever compressed)."""
+    from . import quant
+    from .config import from_flat
+
+    if not 0 <= member < len(state["members"]):
+        raise CheckpointError(f"{path} has members 0..{len(state['members']) - 1}, not {member}")
+    try:
+        model = build_model(**state["meta"]["model"])
+        if member == 0:
+            quant.set_compression(model, from_flat(state["config"]).quant, state["epoch"])
+        model.load_state_dict(state["members"][member])
+    except (KeyError, TypeError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0][:200]
+        raise CheckpointError(f"{path}: weights do not fit the described model ({first})") from None
+    return model.eval()
 
 
 def save_model(path: Path, model: torch.nn.Module, meta: dict) -> None:

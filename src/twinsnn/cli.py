@@ -15,6 +15,7 @@ to ternary weights.
 typical use:
   twinsnn train --config fmnist-cpu            train a spiking CIFARNet on Fashion-MNIST
   twinsnn eval runs/fmnist-cpu/model.safetensors   test accuracy, confusion, firing rates
+  twinsnn export runs/fmnist-cpu/checkpoint.pt -o model.tnn   the deployable 2-bit model
   twinsnn data check fashion-mnist              where the data is and whether it is intact
   twinsnn presets                               list the built-in configs
 """
@@ -76,6 +77,42 @@ def cmd_data_check(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .checkpoint import load_checkpoint, member_from_checkpoint
+    from .export import export_packed, format_size_report, size_report
+    from .quant import weight_sparsity
+    state = load_checkpoint(Path(args.checkpoint))
+    model = member_from_checkpoint(state, 0, args.checkpoint)
+    out = export_packed(model, state["meta"], Path(args.output))
+    print(f"wrote {out}")
+    print(format_size_report(size_report(out)))
+    sparsity = weight_sparsity(model)
+    if sparsity:
+        print("zero weights per compressed layer: " +
+              ", ".join(f"{k} {100 * v:.1f}%" for k, v in sparsity.items()))
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from .sweep import sweep
+    seeds = [int(s) for s in args.seeds.split(",")]
+    sweep(args.config, args.overrides, seeds, args.out_dir, progress=not args.quiet)
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from .report import plot_runs
+    print(f"wrote {plot_runs([Path(r) for r in args.runs], Path(args.output))}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import format_summary, load_run, summarize
+    rows = summarize([load_run(Path(r)) for r in args.runs])
+    print(json.dumps(rows, indent=2) if args.json else format_summary(rows))
+    return 0
+
+
 def cmd_presets(_args) -> int:
     from .config import preset_names
     print("\n".join(preset_names()))
@@ -108,6 +145,32 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("dataset")
     c.add_argument("--data-dir")
     c.set_defaults(func=cmd_data_check)
+
+    p = sub.add_parser("export", help="write the base network for deployment (2-bit packed)")
+    p.add_argument("checkpoint", help="a run's checkpoint.pt")
+    p.add_argument("--format", choices=["packed"], default="packed",
+                   help="packed: ternary/binary layers at 2/1 bits per weight, the rest float32")
+    p.add_argument("-o", "--output", required=True, help="file to write, e.g. model.tnn")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("sweep", help="train every combination of swept values and seeds")
+    p.add_argument("--config", "-c", required=True, help="preset name or YAML file")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="KEY=V1,V2,...", help="a key and the values to sweep (repeatable)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
+    p.add_argument("--out-dir", help="where run folders go (default: the preset's)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("plot", help="training curves of runs, overlaid, labelled by what differs")
+    p.add_argument("runs", nargs="+", help="run folders")
+    p.add_argument("-o", "--output", required=True, help="image file to write (.png, .pdf)")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("report", help="final accuracy of runs, seeds pooled (mean, std)")
+    p.add_argument("runs", nargs="+", help="run folders")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("presets", help="list the built-in configs")
     p.set_defaults(func=cmd_presets)

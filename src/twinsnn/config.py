@@ -76,6 +76,7 @@ class QuantConfig:
     start_epoch: int = 150  # first epoch (0-based) trained with compressed weights
     delta: float = 0.1  # ternary threshold, eq. 6
     full_precision_ends: bool = True  # keep the first conv and the output layer in fp32
+    scale: str = "none"  # none (paper: codes only) | layer | channel: fp scale beside the codes
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,7 @@ CHOICES = {
     "loss.reduction": ("sum", "batchmean", "mean"),
     "loss.match": ("logits", "potentials"),
     "quant.mode": ("none", "ternary", "binary"),
+    "quant.scale": ("none", "layer", "channel"),
 }
 POSITIVE = ("model.width", "model.timesteps", "model.threshold", "train.epochs",
             "train.batch_size", "train.eval_batch_size", "train.lr", "train.lr_gamma",

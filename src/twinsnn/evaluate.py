@@ -5,15 +5,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import torch
-
-from . import quant
-from .checkpoint import load_checkpoint, load_model
+from .checkpoint import load_checkpoint, load_model, member_from_checkpoint
 from .config import from_flat
 from .data import build_data
 from .errors import CheckpointError
-from .train import Preprocess, evaluate, model_kwargs, resolve_device
-from .models import build_model
+from .train import Preprocess, evaluate, resolve_device
 
 
 def load_for_eval(path: Path, member: int = 0):
@@ -21,34 +17,24 @@ def load_for_eval(path: Path, member: int = 0):
     if path.suffix == ".tnn":
         from .export import load_packed
         model, meta = load_packed(path)
-        return model, from_flat(meta["config"])
-    if path.suffix == ".safetensors":
+    elif path.suffix == ".safetensors":
         if member != 0:
             raise CheckpointError(f"{path} holds the base network only; use checkpoint.pt "
                                   "for --member")
         model, meta = load_model(path)
-        return model, from_flat(meta["config"])
-    state = load_checkpoint(path)
-    cfg = from_flat(state["config"])
-    if not 0 <= member < len(state["members"]):
-        raise CheckpointError(f"{path} has members 0..{len(state['members']) - 1}, not {member}")
-    return state, cfg
+    else:
+        state = load_checkpoint(path)
+        model, meta = member_from_checkpoint(state, member, path), state["meta"]
+    return model, from_flat(meta["config"])
 
 
 def evaluate_file(path: Path, member: int = 0, data_dir: str | None = None,
                   device: str = "auto", split: str = "test") -> dict:
-    loaded, cfg = load_for_eval(path, member)
+    model, cfg = load_for_eval(path, member)
     if data_dir is not None:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dir=data_dir))
     dev = resolve_device(device)
     data = build_data(cfg.data, cfg.model.timesteps)
-    if isinstance(loaded, dict):  # a training checkpoint: rebuild the member
-        model = build_model(**model_kwargs(cfg, data))
-        if member == 0:
-            quant.set_compression(model, cfg.quant, loaded["epoch"])
-        model.load_state_dict(loaded["members"][member])
-    else:
-        model = loaded
     model = model.to(dev).eval()
     dataset = data.test if split == "test" else data.val
     result = evaluate(model, dataset, Preprocess(data, augment=False), cfg.train.eval_batch_size,

@@ -15,7 +15,7 @@ import os
 import platform
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -112,7 +112,8 @@ class Cohort:
     teacher: torch.nn.Module | None
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.StepLR
-    seeds: list = field(default_factory=list)
+    seeds: list
+    meta: dict  # how to rebuild and feed the base: model kwargs, data normalization, config
 
     def outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         outs = [m.potentials(x) for m in self.members]
@@ -140,7 +141,9 @@ def build_cohort(cfg: Config, data: DataSplits, strategy: Strategy, device) -> C
     optimizer = torch.optim.Adam(params, lr=cfg.train.lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.train.lr_step_size,
                                                 cfg.train.lr_gamma)
-    return Cohort(members, teacher, optimizer, scheduler, seeds)
+    meta = {"model": kwargs, "data": {"name": data.name, "mean": list(data.mean),
+                                      "std": list(data.std)}, "config": to_flat(cfg)}
+    return Cohort(members, teacher, optimizer, scheduler, seeds, meta)
 
 
 class _Interrupt:
@@ -262,11 +265,9 @@ def fit(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
             _append_metrics(run_dir / "metrics.jsonl", record)
             save_checkpoint(ckpt_path, checkpoint_state(cfg, cohort, epoch + 1))
             tqdm.write(summary_line(record))
-    meta = {"model": model_kwargs(cfg, data), "data": {"name": data.name, "mean": data.mean,
-            "std": data.std}, "config": to_flat(cfg), "epochs": cfg.train.epochs}
     base = cohort.members[0]
     save_model(run_dir / "model.safetensors", quant.baked(base) if quant.is_compressed(base)
-               else base, meta)
+               else base, cohort.meta)
     return record
 
 
@@ -274,7 +275,7 @@ def checkpoint_state(cfg: Config, cohort: Cohort, epoch: int, step: int = 0,
                      rng: dict | None = None, sums: dict | None = None) -> dict:
     """Everything needed to continue: weights of every member, optimizer, schedule, the
     position in the data (``epoch``, ``step``) and, mid-epoch, the RNG states and sums."""
-    return {"config": to_flat(cfg), "epoch": epoch, "step": step,
+    return {"config": to_flat(cfg), "meta": cohort.meta, "epoch": epoch, "step": step,
             "members": [m.state_dict() for m in cohort.members],
             "optimizer": cohort.optimizer.state_dict(),
             "scheduler": cohort.scheduler.state_dict(), "rng": rng or {}, "sums": sums or {}}

@@ -1,0 +1,1 @@
+"""Side-by-side training-step benchmarks of twinsnn against SpikingJelly and snnTorch."""

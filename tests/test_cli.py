@@ -1,0 +1,148 @@
+"""The command line as a user runs it: a subprocess per command."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+TINY = ["--set", "width=0.0625", "--set", "batch_size=32", "--set", "val_size=40",
+        "--set", "data.verify=false", "--set", "eval_batch_size=100", "--set", "train.lr=0.005"]
+
+
+def twinsnn(*args, cwd, env=None, timeout=300, check_rc=None):
+    proc = subprocess.run([sys.executable, "-m", "twinsnn", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    if check_rc is not None:
+        assert proc.returncode == check_rc, proc.stderr[-3000:]
+    return proc
+
+
+def assert_one_line_error(proc, *fragments):
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("twinsnn: error:"), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+def test_help_explains_the_commands(tmp_path):
+    out = twinsnn("--help", cwd=tmp_path, check_rc=0).stdout
+    for word in ("train", "eval", "data", "export", "sweep", "plot", "twin network augmentation"):
+        assert word in out
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["train", "--config", "nope"], ["no preset or YAML file 'nope'", "fmnist-cpu"]),
+    (["train", "--set", "colour=red"], ["unknown config key 'colour'"]),
+    (["train", "--set", "train.lr=0"], ["train.lr must be positive"]),
+    (["train", "--set", "batch_size=-4"], ["train.batch_size must be positive"]),
+    (["eval", "missing.safetensors"], ["missing.safetensors", "no such model file"]),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, fragments):
+    assert_one_line_error(twinsnn(*args, cwd=tmp_path), *fragments)
+
+
+def test_missing_data_says_where_and_how(tmp_path):
+    proc = twinsnn("train", "--data-dir", tmp_path / "empty", cwd=tmp_path)
+    assert_one_line_error(proc, "Fashion-MNIST not found", str(tmp_path / "empty"), "apt-get install")
+
+
+def test_corrupt_idx_names_the_file(tmp_path, tiny_fmnist):
+    victim = tiny_fmnist / "train-images-idx3-ubyte.gz"
+    victim.write_bytes(victim.read_bytes()[:300])
+    proc = twinsnn("train", "--data-dir", tiny_fmnist, *TINY, "--out-dir", tmp_path / "runs", cwd=tmp_path)
+    assert_one_line_error(proc, "train-images-idx3-ubyte.gz")
+    assert not (tmp_path / "runs" / "fmnist-cpu" / "checkpoint.pt").exists()
+
+
+def test_unreadable_checkpoint(tmp_path):
+    bad = tmp_path / "checkpoint.pt"
+    bad.write_bytes(os.urandom(1000))
+    assert_one_line_error(twinsnn("eval", bad, cwd=tmp_path), "checkpoint.pt", "not a readable")
+    bad_model = tmp_path / "model.safetensors"
+    bad_model.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    assert_one_line_error(twinsnn("eval", bad_model, cwd=tmp_path), "model.safetensors")
+
+
+def test_train_then_eval_end_to_end(tmp_path, tiny_fmnist):
+    runs = tmp_path / "runs"
+    twinsnn("train", "--data-dir", tiny_fmnist, *TINY, "--set", "epochs=2", "--name", "smoke",
+            "--out-dir", runs, "--quiet", cwd=tmp_path, check_rc=0)
+    run = runs / "smoke"
+    metrics = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [0, 1]
+    assert {"train_loss", "val_acc/0", "lr", "epoch_time_s", "firing_rates"} <= set(metrics[0])
+    assert set(metrics[0]["firing_rates"]) == {f"convs.{i}" for i in range(5)} | {"fcs.0", "fcs.1"}
+    info = json.loads((run / "run.json").read_text())
+    assert info["torch_version"] == torch.__version__ and info["member_seeds"] == [0]
+    assert info["data_split"]["val_size"] == 40
+    out = twinsnn("eval", run / "model.safetensors", "--data-dir", tiny_fmnist, "--json",
+                  cwd=tmp_path, check_rc=0).stdout
+    report = json.loads(out)
+    assert report["samples"] == 60 and 0.0 <= report["accuracy"] <= 1.0
+    assert sum(map(sum, report["confusion"])) == 60
+    # evaluating the checkpoint's base member gives the same numbers as the saved model
+    ck = json.loads(twinsnn("eval", run / "checkpoint.pt", "--data-dir", tiny_fmnist, "--json",
+                            cwd=tmp_path, check_rc=0).stdout)
+    assert ck["confusion"] == report["confusion"]
+    # the run folder is not overwritten by accident
+    again = twinsnn("train", "--data-dir", tiny_fmnist, *TINY, "--name", "smoke",
+                    "--out-dir", runs, "--quiet", cwd=tmp_path)
+    assert_one_line_error(again, "--resume")
+
+
+def _final_weights(run: Path) -> dict:
+    return load_file(str(run / "model.safetensors"))
+
+
+def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path, tiny_fmnist):
+    args = ["--data-dir", tiny_fmnist, *TINY, "--set", "epochs=3", "--set", "batch_size=8",
+            "--out-dir", tmp_path / "runs", "--quiet"]
+    twinsnn("train", *args, "--name", "straight", cwd=tmp_path, check_rc=0)
+    run = tmp_path / "runs" / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "twinsnn", "train", *map(str, args), "--name",
+                             "killed"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 200
+    while not (run / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # now in the middle of the second epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "model.safetensors").exists()
+    twinsnn("train", *args, "--name", "killed", "--resume", cwd=tmp_path, check_rc=0)
+    a, b = _final_weights(tmp_path / "runs" / "straight"), _final_weights(run)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(l)["epoch"] for l in lines] == [0, 1, 2]
+
+
+def test_sigterm_checkpoints_mid_epoch_and_resumes_bitwise(tmp_path, tiny_fmnist):
+    args = ["--data-dir", tiny_fmnist, *TINY, "--set", "epochs=2", "--set", "batch_size=8",
+            "--out-dir", tmp_path / "runs", "--quiet"]
+    twinsnn("train", *args, "--name", "straight", cwd=tmp_path, check_rc=0)
+    run = tmp_path / "runs" / "stopped"
+    proc = subprocess.Popen([sys.executable, "-m", "twinsnn", "train", *map(str, args), "--name",
+                             "stopped"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 200
+    while not (run / "run.json").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "--resume" in err
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    twinsnn("train", *args, "--name", "stopped", "--resume", cwd=tmp_path, check_rc=0)
+    a, b = _final_weights(tmp_path / "runs" / "straight"), _final_weights(run)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert state["epoch"] <= 1
