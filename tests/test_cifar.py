@@ -296,3 +296,21 @@ def test_not_found_says_how_to_get_it(tmp_path, monkeypatch):
     assert "cifar-100-python.tar.gz" in str(err.value) and str(tmp_path) in str(err.value)
     report = cifar.CIFAR100.check(DataConfig(dir=str(tmp_path)))
     assert str(tmp_path) in report and "not found" in report
+
+
+def test_download_is_verified_then_renamed(tmp_path, monkeypatch):
+    server = tmp_path / "server"
+    server.mkdir()
+    sums = write_archive(server / "cifar-10-python.tar.gz", "cifar-10-batches-py", small_members())
+    monkeypatch.setattr(cifar, "URL", server.as_uri() + "/")
+    monkeypatch.delenv("TWINSNN_DATA", raising=False)
+    target = tmp_path / "data"
+    with pytest.raises(DataError, match="c58f30108f718f92721af3b95e74349a"):  # official MD5
+        SMALL10.load(DataConfig(dir=str(target), download=True), None)
+    assert not list(target.rglob("*.tar.gz*"))  # the rejected .part is gone
+    for key, value in sums.items():
+        monkeypatch.setitem(cifar.CHECKSUMS, key, value)
+    train, _, provenance = SMALL10.load(DataConfig(dir=str(target), download=True), None)
+    assert provenance["data_path"] == str(target / "cifar10" / "cifar-10-python.tar.gz")
+    assert len(train) == 10
+    assert [p.name for p in target.rglob("*.tar.gz*")] == ["cifar-10-python.tar.gz"]

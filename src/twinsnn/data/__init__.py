@@ -1,0 +1,39 @@
+"""Data sets by name. Each module in ``DATASETS`` provides
+
+    NUM_CLASSES, MEAN, STD                      (per-channel statistics of pixels in [0, 1])
+    AUGMENTATION                                a key of transforms.AUGMENTATIONS
+    load(cfg: DataConfig, timesteps) -> (train, test, provenance: dict)  in-memory ``Dataset``s
+    check(cfg: DataConfig) -> str               where it looked, what it found, how to get it
+
+and ``build_data`` adds the seeded validation split.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..errors import ConfigError
+from . import cifar, cifar10_dvs, fashion_mnist
+from .splits import DataSplits, Dataset, split_validation
+
+DATASETS = {"fashion-mnist": fashion_mnist, "cifar10": cifar.CIFAR10, "cifar100": cifar.CIFAR100, "cifar10-dvs": cifar10_dvs}
+
+
+def dataset_module(name: str):
+    if name not in DATASETS:
+        raise ConfigError(f"unknown data set {name!r}; choose one of {sorted(DATASETS)}")
+    return DATASETS[name]
+
+
+def build_data(cfg, timesteps: int) -> DataSplits:
+    """Load ``cfg.name`` and carve ``cfg.val_size`` validation samples from its training set."""
+    source = dataset_module(cfg.name)
+    train, test, provenance = source.load(cfg, timesteps)
+    train, val, split = split_validation(train, cfg.val_size, cfg.val_seed)
+    if cfg.train_limit is not None and cfg.train_limit < len(train):
+        train = train.subset(torch.arange(cfg.train_limit))
+        split["train_size"] = cfg.train_limit
+    return DataSplits(cfg.name, train, val, test, source.NUM_CLASSES, source.MEAN, source.STD,
+                      {**split, **provenance})
+
+
+__all__ = ["DATASETS", "DataSplits", "Dataset", "build_data", "dataset_module"]

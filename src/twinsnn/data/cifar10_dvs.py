@@ -1,0 +1,272 @@
+"""CIFAR10-DVS (Li et al. 2017): 10,000 DVS128 recordings of moving CIFAR-10 images.
+
+The published recordings are AEDAT 2.0 files, ``<class>/cifar10_<class>_<i>.aedat``: ``#``
+comment lines (the first ``#!AER-DAT2.0``), then big-endian 8-byte events, a 4-byte address and
+a 4-byte timestamp in microseconds. Address bits as tonic's ``read_dvs_128`` reads them:
+x = bits 8-14, y = bits 1-7, polarity = bit 0.
+
+Each recording becomes ``T`` frames of equal duration (tonic's ``ToFrame(n_time_bins=T)``; here
+the last frame also keeps the final event) with one channel per polarity, summed onto a
+``resolution x resolution`` grid by binning coordinates. The data set has no official split:
+a seeded random 9:1 split is drawn within each class. Framed tensors are cached on disk.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, DataError
+from .splits import Dataset
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+NUM_CLASSES = 10
+# Frames hold raw event counts, not pixels in [0, 1]; the paper gives no statistics for them,
+# so normalization leaves them as they are.
+MEAN, STD = (0.0, 0.0), (1.0, 1.0)
+AUGMENTATION = "rotate_shear"
+SENSOR = 128  # DVS128: 128 x 128 pixels
+HEADER = b"#!AER-DAT2.0"
+MAX_FILE_BYTES = 64 << 20  # recordings are a few MiB; anything far larger is refused unread
+MAX_COUNT = float(np.finfo(np.float16).max)  # counts saturate here rather than become inf
+SPLIT = "random-per-class-9:1"
+CACHE_VERSION = 1
+HOW_TO_GET = ("download the ten class archives from https://figshare.com/articles/dataset/"
+              "CIFAR10-DVS_New/4724671, unzip them into one folder (one subfolder per class) "
+              "and pass --data-dir (or set TWINSNN_DATA)")
+
+
+def read_aedat(path: Path) -> tuple[np.ndarray, ...]:
+    """Events of one AEDAT 2.0 DVS128 file: ``x, y, p, t``, each ``[E]`` (t int64, in us)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e})") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise DataError(f"{path}: larger than {MAX_FILE_BYTES} bytes; not a CIFAR10-DVS recording")
+    if not raw.startswith(HEADER):
+        raise DataError(f"{path}: not an AEDAT 2.0 file (does not start with {HEADER.decode()})")
+    start = 0
+    while start < len(raw) and raw[start] == ord("#"):
+        end = raw.find(b"\n", start)
+        if end < 0:
+            raise DataError(f"{path}: header never ends; the file is truncated")
+        start = end + 1
+    body = len(raw) - start
+    if body == 0:
+        raise DataError(f"{path}: holds no events")
+    if body % 8:
+        raise DataError(f"{path}: {body} bytes of events is not a whole number of 8-byte events; "
+                        "the file is truncated or corrupt")
+    events = np.frombuffer(raw, dtype=">u4", offset=start).reshape(-1, 2)
+    address, t = events[:, 0], events[:, 1].astype(np.int64)
+    t += np.concatenate(([0], np.cumsum(np.diff(t) < -(1 << 31)))) << 32  # 32-bit wrap-around
+    x = (address >> 8) & 0x7F
+    y = (address >> 1) & 0x7F
+    p = address & 0x1
+    return x, y, p, t
+
+
+def frame_events(x, y, p, t, timesteps: int, resolution: int) -> np.ndarray:
+    """Events -> counts float16 ``[T, 2, R, R]``: frame ``i`` takes the events in the ``i``-th of
+    ``T`` equal spans of [t_min, t_max]; channel = polarity; pixel = coordinate * R // 128."""
+    span = int(t.max() - t.min()) + 1
+    step = (t - t.min()) * timesteps // span
+    row = y.astype(np.int64) * resolution // SENSOR
+    col = x.astype(np.int64) * resolution // SENSOR
+    index = ((step * 2 + p) * resolution + row) * resolution + col
+    counts = np.bincount(index, minlength=timesteps * 2 * resolution * resolution)
+    frames = np.minimum(counts, MAX_COUNT).astype(np.float16)
+    return frames.reshape(timesteps, 2, resolution, resolution)
+
+
+def candidate_dirs(data_dir: str | Path | None) -> list[Path]:
+    """Where to look, in order: --data-dir, then $TWINSNN_DATA."""
+    return [Path(d) for d in (data_dir, os.environ.get("TWINSNN_DATA")) if d]
+
+
+def locate(data_dir: str | Path | None) -> Path | None:
+    """The first candidate directory, or subfolder of one, that holds all ten class folders."""
+    for d in candidate_dirs(data_dir):
+        if not d.is_dir():
+            continue
+        for root in [d, *sorted(p for p in d.iterdir() if p.is_dir())]:
+            if all((root / c).is_dir() for c in CLASSES):
+                return root
+    return None
+
+
+def recordings(root: Path) -> list[tuple[Path, int]]:
+    """``(file, label)`` of every ``<class>/cifar10_<class>_<i>.aedat``, by class then ``i``."""
+    files = []
+    for label, name in enumerate(CLASSES):
+        pattern = re.compile(rf"cifar10_{name}_(\d+)\.aedat")
+        found = [(int(m.group(1)), p) for p in (root / name).iterdir()
+                 if (m := pattern.fullmatch(p.name)) and p.is_file()]
+        if len(found) < 2:
+            raise DataError(f"{root / name}: {len(found)} recordings cifar10_{name}_<i>.aedat; "
+                            f"a class needs at least 2 for the 9:1 split; {HOW_TO_GET}")
+        files += [(p, label) for _, p in sorted(found)]
+    return files
+
+
+def split_per_class(labels: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded 9:1 split within each class: (train index, test index), each sorted; a class of
+    ``n`` recordings gives ``max(1, round(n / 10))`` to test."""
+    generator = torch.Generator().manual_seed(seed)
+    train, test = [], []
+    for c in range(NUM_CLASSES):
+        members = torch.nonzero(labels == c).flatten()
+        order = members[torch.randperm(len(members), generator=generator)]
+        n_test = max(1, round(len(members) / 10))
+        test.append(order[:n_test])
+        train.append(order[n_test:])
+    return torch.cat(train).sort().values, torch.cat(test).sort().values
+
+
+def cache_key(root: Path, files: list[tuple[Path, int]], timesteps: int, resolution: int) -> dict:
+    """What a cache depends on: framing parameters and every file's name, size and mtime."""
+    listing = hashlib.sha256()
+    for path, label in files:
+        st = path.stat()
+        entry = f"{path.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\0{label}\n"
+        listing.update(entry.encode())
+    return {"version": CACHE_VERSION, "timesteps": timesteps, "resolution": resolution,
+            "recordings": len(files), "files_sha256": listing.hexdigest()}
+
+
+def cache_path(cache_dir: Path, key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir / f"cifar10-dvs-T{key['timesteps']}-R{key['resolution']}-{digest}.bin"
+
+
+def read_cache(path: Path, key: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Frames ``[N, T, 2, R, R]`` and labels ``[N]`` from a cache file, or None when it is
+    missing, written for another key, of the wrong size or fails its SHA-256."""
+    n, t, r = key["recordings"], key["timesteps"], key["resolution"]
+    y_bytes, x_bytes = n * 8, n * t * 2 * r * r * 2
+    try:
+        with open(path, "rb") as f:
+            header = json.loads(f.readline(4096))
+            if (not isinstance(header, dict) or header.get("key") != key
+                    or os.fstat(f.fileno()).st_size != f.tell() + y_bytes + x_bytes):
+                return None
+            payload = bytearray(y_bytes + x_bytes)
+            if f.readinto(payload) != len(payload):
+                return None
+    except (OSError, ValueError):
+        return None
+    if hashlib.sha256(payload).hexdigest() != header.get("sha256"):
+        return None
+    y = np.frombuffer(payload, dtype="<i8", count=n)
+    x = np.frombuffer(payload, dtype="<f2", offset=y_bytes).reshape(n, t, 2, r, r)
+    return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def write_cache(path: Path, key: dict, x: np.ndarray, y: np.ndarray) -> None:
+    """Write atomically: a temporary file in the same folder, fsync, then rename over ``path``,
+    so a crash leaves either no cache or a whole one."""
+    parts = [memoryview(np.ascontiguousarray(a, dtype=d)).cast("B")
+             for a, d in ((y, "<i8"), (x, "<f2"))]
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
+    header = json.dumps({"key": key, "sha256": digest.hexdigest()}).encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(header + b"\n")
+            for part in parts:
+                f.write(part)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def default_cache_dir(root: Path) -> Path:
+    """``<data folder>/cache`` where the data folder is writable, else ``~/.cache/twinsnn``."""
+    return root / "cache" if os.access(root, os.W_OK) else Path.home() / ".cache" / "twinsnn"
+
+
+def _looked(data_dir) -> str:
+    dirs = candidate_dirs(data_dir)
+    return ", ".join(str(d) for d in dirs) + " and their subfolders" if dirs else "nowhere"
+
+
+def load(cfg, timesteps: int):
+    """Train and test sets as ``Dataset`` of float16 event counts ``[N, T, 2, R, R]``
+    (T = ``timesteps``, R = ``cfg.resolution``) and int64 labels, split 9:1 within each class
+    by ``cfg.split_seed``; framing is read from the cache when one matches."""
+    if not 0 < cfg.resolution <= SENSOR:
+        raise ConfigError(f"data.resolution must be in [1, {SENSOR}] for CIFAR10-DVS, "
+                          f"got {cfg.resolution}")
+    root = locate(cfg.dir)
+    if root is None:
+        why = "automatic download is not offered for it; " if cfg.download else ""
+        raise DataError(f"CIFAR10-DVS not found (looked in {_looked(cfg.dir)}); {why}{HOW_TO_GET}")
+    files = recordings(root)
+    key = cache_key(root, files, timesteps, cfg.resolution)
+    path = cache_path(Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(root), key)
+    cached = read_cache(path, key)
+    if cached is None:
+        x = np.empty((len(files), timesteps, 2, cfg.resolution, cfg.resolution), dtype=np.float16)
+        for i, (file, _) in enumerate(files):
+            x[i] = frame_events(*read_aedat(file), timesteps, cfg.resolution)
+        y = np.array([label for _, label in files], dtype=np.int64)
+        try:
+            write_cache(path, key, x, y)
+        except OSError as e:
+            warnings.warn(f"could not write the CIFAR10-DVS cache {path} ({e}); "
+                          "the next run frames the recordings again", stacklevel=2)
+        cached = torch.from_numpy(x), torch.from_numpy(y)
+    x, y = cached
+    train_index, test_index = split_per_class(y, cfg.split_seed)
+    provenance = {"data_folder": str(root), "split": SPLIT, "split_seed": cfg.split_seed,
+                  "framing": "equal-time-bins", "resolution": cfg.resolution,
+                  "recordings": len(files), "cache_file": str(path)}
+    return (Dataset(x[train_index], y[train_index]), Dataset(x[test_index], y[test_index]),
+            provenance)
+
+
+def check(cfg) -> str:
+    """A report: where it looked, the recordings per class, and every file that fails to parse."""
+    lines = [f"CIFAR10-DVS: looked in {_looked(cfg.dir)}"]
+    root = locate(cfg.dir)
+    if root is None:
+        return "\n".join(lines + [f"  not found; {HOW_TO_GET}"])
+    lines.append(f"  found {root}")
+    try:
+        files = recordings(root)
+    except DataError as e:
+        return "\n".join(lines + [f"  FAILED: {e}"])
+    counts = np.bincount([label for _, label in files], minlength=NUM_CLASSES)
+    per_class = ", ".join(f"{c} {n}" for c, n in zip(CLASSES, counts))
+    lines.append(f"  recordings per class: {per_class}")
+    if set(counts) != {1000}:
+        lines.append("  the published data set has 1000 per class; some are missing or extra")
+    bad = []
+    for file, _ in files:
+        try:
+            read_aedat(file)
+        except DataError as e:
+            bad.append(f"  FAILED: {e}")
+    lines += bad
+    lines.append(f"  {len(files) - len(bad)} of {len(files)} recordings are valid AEDAT 2.0")
+    return "\n".join(lines)
