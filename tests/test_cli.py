@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-TINY = ["--set", "width=0.0625", "--set", "batch_size=32", "--set", "val_size=40",
+TINY = ["--set", "width=0.0625", "--set", "train.compile=false", "--set", "batch_size=32", "--set", "val_size=40",
         "--set", "data.verify=false", "--set", "eval_batch_size=100", "--set", "train.lr=0.005"]
 
 

@@ -16,7 +16,8 @@ from twinsnn.train import Preprocess, _Interrupt, build_cohort, fit, train_one_e
 
 def tiny_cfg(folder, out, **extra):
     sets = {"data.dir": str(folder), "data.verify": False, "val_size": 40, "width": 0.0625,
-            "batch_size": 32, "epochs": 1, "eval_batch_size": 100, "out_dir": str(out), **extra}
+            "batch_size": 32, "epochs": 1, "eval_batch_size": 100, "out_dir": str(out),
+            "train.compile": False, **extra}
     return load_config("fmnist-cpu", sets)
 
 

@@ -92,3 +92,22 @@ def test_other_decay_and_threshold():
     current = torch.full((4, 1), 0.5)
     # a = 0.9, theta = 1.2: u = 0.5, 0.95, 1.355 (spike), 0.5
     assert lif(current, 0.9, 1.2).squeeze(1).tolist() == [0.0, 0.0, 1.0, 0.0]
+
+
+def test_compiled_kernels_give_the_same_spikes_and_gradients():
+    from twinsnn.neurons import use_compiled_kernels
+    torch.manual_seed(2)
+    current = (torch.randn(5, 3, 4, 6) * 0.8 + 0.7).requires_grad_()
+    weights = torch.randn(5, 3, 4, 6)
+    eager = lif(current, 0.5, 1.0)
+    (eager * weights).sum().backward()
+    eager_grad = current.grad.clone()
+    current.grad = None
+    use_compiled_kernels(True)
+    try:
+        compiled = lif(current, 0.5, 1.0)
+        (compiled * weights).sum().backward()
+    finally:
+        use_compiled_kernels(False)
+    assert torch.equal(compiled, eager)
+    torch.testing.assert_close(current.grad, eager_grad, rtol=1e-6, atol=1e-7)

@@ -58,6 +58,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     deterministic: typing.Optional[bool] = None  # None: on for CPU, off for CUDA
     eval_test: bool = False  # also report test accuracy every epoch (never used for choices)
+    compile: bool = True  # run the LIF loops through torch.compile (same numbers, faster)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from .checkpoint import load_checkpoint, load_model, member_from_checkpoint
 from .config import from_flat
 from .data import build_data
 from .errors import CheckpointError
+from .neurons import use_compiled_kernels
 from .train import Preprocess, evaluate, resolve_device
 
 
@@ -34,6 +35,7 @@ def evaluate_file(path: Path, member: int = 0, data_dir: str | None = None,
     if data_dir is not None:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dir=data_dir))
     dev = resolve_device(device)
+    use_compiled_kernels(cfg.train.compile)
     data = build_data(cfg.data, cfg.model.timesteps)
     model = model.to(dev).eval()
     dataset = data.test if split == "test" else data.val

@@ -8,7 +8,9 @@ Shapes are time-major: ``current_tb`` is ``[T, B, ...]``.
 
 The whole sequence is one autograd node: the forward keeps only the membrane potentials
 ``u`` (spikes are recomputed from them), and the backward runs the exact BPTT recursion of
-eq. 1 through both the leak and the reset, with the boxcar standing in for ds/du.
+eq. 1 through both the leak and the reset, with the boxcar standing in for ds/du. Both loops
+can run through ``torch.compile`` (``use_compiled_kernels``), which fuses each into a few
+passes over memory.
 """
 from __future__ import annotations
 
@@ -24,18 +26,65 @@ def boxcar(u: torch.Tensor, threshold: float) -> torch.Tensor:
     return ((u - threshold).abs() <= SURROGATE_HALF_WIDTH).to(u.dtype) * SURROGATE_HEIGHT
 
 
+def _forward_kernel(current_tb: torch.Tensor, decay: float, threshold: float):
+    """Eq. 1 over T: returns ``(spikes_tb, u_tb)``."""
+    spikes, potentials = [], []
+    v = torch.zeros_like(current_tb[0])  # potential after reset
+    for t in range(current_tb.shape[0]):
+        u = current_tb[t] + decay * v
+        s = (u >= threshold).to(u.dtype)
+        spikes.append(s)
+        potentials.append(u)
+        v = u * (1.0 - s)
+    return torch.stack(spikes), torch.stack(potentials)
+
+
+def _backward_kernel(grad_spikes_tb: torch.Tensor, u_tb: torch.Tensor, decay: float,
+                     threshold: float) -> torch.Tensor:
+    """BPTT of eq. 1, boxcar for ds/du: ``dL/dI[t]`` from ``dL/ds[t]`` and the saved ``u``."""
+    grads = []
+    grad_v = torch.zeros_like(u_tb[0])  # dL/dv[t] where v[t] = u[t] * (1 - s[t])
+    for t in range(u_tb.shape[0] - 1, -1, -1):
+        u = u_tb[t]
+        s = (u >= threshold).to(u.dtype)
+        # through s[t]: the upstream spike gradient and the reset term -u * ds/du;
+        # through the kept potential: (1 - s[t])
+        grad_u = (grad_spikes_tb[t] - grad_v * u) * boxcar(u, threshold) + grad_v * (1.0 - s)
+        grads.append(grad_u)
+        grad_v = grad_u * decay
+    return torch.stack(grads[::-1])
+
+
+class _Kernels:
+    """The two kernels, run eagerly or through ``torch.compile`` (one fused loop each:
+    several times faster, since the LIF is elementwise and memory-bound)."""
+
+    def __init__(self):
+        self.compiled = False
+        self._compiled = None
+
+    def get(self):
+        if not self.compiled:
+            return _forward_kernel, _backward_kernel
+        if self._compiled is None:
+            self._compiled = (torch.compile(_forward_kernel, dynamic=True),
+                              torch.compile(_backward_kernel, dynamic=True))
+        return self._compiled
+
+
+KERNELS = _Kernels()
+
+
+def use_compiled_kernels(flag: bool) -> None:
+    """Run the LIF through ``torch.compile`` (same results; needs a C++ compiler on CPU)."""
+    KERNELS.compiled = bool(flag)
+
+
 class _LIFSequence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, current_tb: torch.Tensor, decay: float, threshold: float):
-        u_tb = torch.empty_like(current_tb)
-        spikes_tb = torch.empty_like(current_tb)
-        v = torch.zeros_like(current_tb[0])  # potential after reset
-        for t in range(current_tb.shape[0]):
-            u = torch.add(current_tb[t], v, alpha=decay) if t else current_tb[t]
-            s = (u >= threshold).to(u.dtype)
-            u_tb[t] = u
-            spikes_tb[t] = s
-            v = u * (1.0 - s)
+        forward_kernel, _ = KERNELS.get()
+        spikes_tb, u_tb = forward_kernel(current_tb, decay, threshold)
         ctx.save_for_backward(u_tb)
         ctx.decay, ctx.threshold = decay, threshold
         return spikes_tb
@@ -43,22 +92,8 @@ class _LIFSequence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_spikes_tb: torch.Tensor):
         (u_tb,) = ctx.saved_tensors
-        decay, threshold = ctx.decay, ctx.threshold
-        grad_current_tb = torch.empty_like(u_tb)
-        grad_v = None  # dL/dv[t], v[t] = u[t] * (1 - s[t])
-        for t in reversed(range(u_tb.shape[0])):
-            u = u_tb[t]
-            surrogate = boxcar(u, threshold)
-            if grad_v is None:
-                grad_u = grad_spikes_tb[t] * surrogate
-            else:
-                s = (u >= threshold).to(u.dtype)
-                # through s[t] (surrogate): upstream spikes and the reset term -u * ds/du
-                # through the kept potential: (1 - s[t])
-                grad_u = (grad_spikes_tb[t] - grad_v * u) * surrogate + grad_v * (1.0 - s)
-            grad_current_tb[t] = grad_u
-            grad_v = grad_u * decay
-        return grad_current_tb, None, None
+        _, backward_kernel = KERNELS.get()
+        return backward_kernel(grad_spikes_tb.contiguous(), u_tb, ctx.decay, ctx.threshold), None, None
 
 
 def lif(current_tb: torch.Tensor, decay: float = 0.5, threshold: float = 1.0) -> torch.Tensor:

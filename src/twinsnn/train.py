@@ -31,6 +31,7 @@ from .data.transforms import AUGMENTATIONS, normalize, to_unit
 from .errors import ConfigError, TwinsnnError
 from .losses import Strategy, strategy_from_config
 from .models import build_model
+from .neurons import use_compiled_kernels
 
 
 class TrainingError(TwinsnnError):
@@ -215,6 +216,7 @@ def fit(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
     if deterministic is None:
         deterministic = device.type == "cpu"
     torch.use_deterministic_algorithms(deterministic, warn_only=device.type == "cuda")
+    use_compiled_kernels(cfg.train.compile)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not deterministic
 

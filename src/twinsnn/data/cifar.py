@@ -1,10 +1,11 @@
 """CIFAR-10 and CIFAR-100 (Krizhevsky 2009) from the official "python version" archives.
 
 Either the archive (``cifar-10-python.tar.gz``) or its extracted folder (``cifar-10-batches-py/``)
-is read, and every file is checked against its official MD5. The batch files are pickles: they
-are parsed by an unpickler that can build nothing but dicts, lists, strings, ints and numpy
-arrays made from the file's own bytes, so a tampered file can neither run code nor make the
-loader allocate more than a bounded multiple of its size.
+is read, and every file is checked against its official MD5 unless ``data.verify`` is off (for
+a re-packed copy). The batch files are pickles: they are parsed by an unpickler that can build
+nothing but dicts, lists, strings, ints and numpy arrays made from the file's own bytes, so a
+tampered file can neither run code nor make the loader allocate more than a bounded multiple
+of its size.
 """
 from __future__ import annotations
 
@@ -118,6 +119,14 @@ def parse_batch(raw: bytes, name: str, rows: int, label_key: str, num_classes: i
     return data.reshape(rows, 3, 32, 32), np.array(labels, dtype=np.int64)
 
 
+def looked_in(dirs: list[Path]) -> str:
+    """The searched folders for a report: each marked when missing; or why there were none."""
+    if not dirs:
+        return "no folder (no --data-dir given and TWINSNN_DATA not set)"
+    listed = ", ".join(f"{d}" if d.is_dir() else f"{d} (missing)" for d in dirs)
+    return listed + (" and its subfolders" if len(dirs) == 1 else " and their subfolders")
+
+
 def md5_file(path: Path) -> str:
     h = hashlib.md5()
     with open(path, "rb") as f:
@@ -183,8 +192,15 @@ class Cifar:
                             f"file is corrupt or not the official one: delete it, then "
                             f"{self.how_to_get}")
 
-    def _read_raw(self, source: Path) -> dict[str, bytes]:
-        """The verified bytes of every batch file, from the extracted folder or the archive."""
+    def _read_raw(self, source: Path, verify: bool) -> dict[str, bytes]:
+        """The bytes of every batch file, from the extracted folder or the archive; with
+        ``verify``, each file (and the archive) checked against its official MD5."""
+
+        def checked(where, key: str, raw: bytes) -> bytes:
+            if verify:
+                self._verify(where, key, hashlib.md5(raw).hexdigest())
+            return raw
+
         wanted = {f"{self.folder}/{name}": name for name in self._members()}
         raws = {}
         if source.is_dir():
@@ -192,13 +208,13 @@ class Cifar:
                 path = source / name
                 try:
                     with open(path, "rb") as f:
-                        raws[name] = _read_bounded(f, str(path))
+                        raws[name] = checked(path, key, _read_bounded(f, str(path)))
                 except OSError as e:
                     raise DataError(f"{path}: cannot read ({e})") from None
-                self._verify(path, key, hashlib.md5(raws[name]).hexdigest())
             return raws
         try:
-            self._verify(source, self.archive, md5_file(source))
+            if verify:
+                self._verify(source, self.archive, md5_file(source))
             with tarfile.open(source, "r|gz") as tar:
                 for member in tar:
                     name = wanted.get(member.name)
@@ -207,8 +223,8 @@ class Cifar:
                     if not member.isfile():
                         raise DataError(f"{source}: {member.name} is not a regular file")
                     where = f"{source}:{member.name}"
-                    raws[name] = _read_bounded(tar.extractfile(member), where)
-                    self._verify(where, member.name, hashlib.md5(raws[name]).hexdigest())
+                    raws[name] = checked(where, member.name,
+                                         _read_bounded(tar.extractfile(member), where))
         except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
             raise DataError(f"{source}: not a readable tar.gz archive ({e}); delete it, then "
                             f"{self.how_to_get}") from None
@@ -217,9 +233,9 @@ class Cifar:
             raise DataError(f"{source}: archive lacks {', '.join(missing)}; {self.how_to_get}")
         return raws
 
-    def read(self, source: Path) -> tuple[Dataset, Dataset]:
-        """Train and test sets from a located folder or archive."""
-        raws = self._read_raw(source)
+    def read(self, source: Path, verify: bool) -> tuple[Dataset, Dataset]:
+        """Train and test sets from a located folder or archive (MD5s checked with ``verify``)."""
+        raws = self._read_raw(source, verify)
 
         def stack(files) -> Dataset:
             parts = [parse_batch(raws[name], f"{source}/{name}" if source.is_dir() else
@@ -250,15 +266,15 @@ class Cifar:
         return dest
 
     def _looked(self, data_dir) -> str:
-        dirs = self.candidate_dirs(data_dir)
-        return ", ".join(str(d) for d in dirs) + " and their subfolders" if dirs else "nowhere"
+        return looked_in(self.candidate_dirs(data_dir))
 
     def load(self, cfg, timesteps: int | None = None):
         """Train and test sets as ``Dataset`` of uint8 ``[N, 3, 32, 32]`` (N = 50,000 and
         10,000) and int64 labels; ``timesteps`` matters only to event data.
 
         With ``cfg.download`` the archive is fetched into ``cfg.dir`` (or ``./data``)/<key>
-        when found nowhere.
+        when found nowhere (and always checked); ``cfg.verify=False`` skips the MD5 check of
+        local files, for a re-packed copy.
         """
         source = self.locate(cfg.dir)
         if source is None and cfg.download:
@@ -266,7 +282,7 @@ class Cifar:
         if source is None:
             raise DataError(f"{self.title} not found (looked in {self._looked(cfg.dir)}); "
                             f"{self.how_to_get}")
-        train, test = self.read(source)
+        train, test = self.read(source, cfg.verify)
         return train, test, {"data_path": str(source)}
 
     def check(self, cfg) -> str:
@@ -277,10 +293,11 @@ class Cifar:
             return "\n".join(lines + [f"  not found; {self.how_to_get}"])
         lines.append(f"  found {'folder' if source.is_dir() else 'archive'} {source}")
         try:
-            train, test = self.read(source)
+            train, test = self.read(source, cfg.verify)
         except DataError as e:
             return "\n".join(lines + [f"  FAILED: {e}"])
-        lines.append(f"  MD5 ok; train {tuple(train.x.shape)}, test {tuple(test.x.shape)}, "
+        checked = "MD5 ok" if cfg.verify else "MD5 not checked (data.verify=false)"
+        lines.append(f"  {checked}; train {tuple(train.x.shape)}, test {tuple(test.x.shape)}, "
                      f"labels in [0, {self.NUM_CLASSES})")
         return "\n".join(lines)
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
+from .cifar import looked_in
 from .splits import Dataset
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -206,8 +207,7 @@ def default_cache_dir(root: Path) -> Path:
 
 
 def _looked(data_dir) -> str:
-    dirs = candidate_dirs(data_dir)
-    return ", ".join(str(d) for d in dirs) + " and their subfolders" if dirs else "nowhere"
+    return looked_in(candidate_dirs(data_dir))
 
 
 def load(cfg, timesteps: int):
