@@ -56,9 +56,13 @@ def _layout(model: SpikingCNN):
     return convs, fcs, model.out.in_features, model.out.out_features, dropout
 
 
+def _load(dst: nn.Module, src: nn.Module) -> None:
+    dst.to(src.weight.dtype).load_state_dict(src.state_dict())
+
+
 def _copy_block(dst_syn, dst_norm, block):
-    dst_syn.load_state_dict(block.synapse.state_dict())
-    dst_norm.load_state_dict(block.norm.state_dict())
+    _load(dst_syn, block.synapse)
+    _load(dst_norm, block.norm)
 
 
 class SpikingJellyCIFARNet(nn.Module):
@@ -90,9 +94,9 @@ class SpikingJellyCIFARNet(nn.Module):
             _copy_block(linear, norm, ref)
             blocks += [linear, norm, lif(), layer.Dropout(p, step_mode="m")]
         out = layer.Linear(features, classes, step_mode="m")
-        out.load_state_dict(reference.out.state_dict())
+        _load(out, reference.out)
         self.features = nn.Sequential(*blocks, out)
-        self.readout = neuron.LIFNode(tau=1.0 / (1.0 - reference.readout_decay),
+        self.readout = neuron.LIFNode(  # never fires: integrates 0.5 * v + xtau=1.0 / (1.0 - reference.readout_decay),
                                       decay_input=False, v_threshold=float("inf"), v_reset=0.0,
                                       surrogate_function=boxcar, step_mode="m", store_v_seq=True)
 
@@ -130,7 +134,7 @@ class SnnTorchCIFARNet(nn.Module):
             snn.Leaky(beta=DECAY, threshold=THRESHOLD, spike_grad=boxcar, reset_mechanism="zero")
             for _ in range(len(convs) + len(fcs)))
         self.out = nn.Linear(features, classes)
-        self.out.load_state_dict(reference.out.state_dict())
+        _load(self.out, reference.out)
         self.readout = snn.Leaky(beta=reference.readout_decay, threshold=THRESHOLD,
                                  spike_grad=boxcar, reset_mechanism="none")
 
@@ -162,3 +166,15 @@ class SnnTorchCIFARNet(nn.Module):
 
 
 PEERS = {"spikingjelly": SpikingJellyCIFARNet, "snntorch": SnnTorchCIFARNet}
+
+
+def aligned_parameters(peer: nn.Module) -> list[nn.Parameter]:
+    """The peer's parameters in the order of the twinsnn model's ``parameters()``."""
+    if isinstance(peer, SpikingJellyCIFARNet):
+        return list(peer.features.parameters())
+    params = []
+    for conv, norm in zip(peer.convs, peer.conv_norms):
+        params += [conv.weight, norm.weight, norm.bias]
+    for fc, norm in zip(peer.fcs, peer.fc_norms):
+        params += [fc.weight, norm.weight, norm.bias]
+    return params + [peer.out.weight, peer.out.bias]

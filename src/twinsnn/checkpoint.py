@@ -4,13 +4,17 @@ A training checkpoint (``checkpoint.pt``) holds every cohort member, the optimiz
 scheduler and the epoch count; it is read with ``torch.load(weights_only=True)``, which
 refuses any pickled object that is not a tensor or plain container, so a crafted file
 cannot run code. An inference model (``model.safetensors``) holds the base network only,
-as safetensors tensors plus a JSON header describing how to rebuild it.
+as safetensors tensors plus a JSON header describing how to rebuild it. A network described
+by a file is sized on the meta device before it is built, and refused when its weights would
+need more memory than the file holds.
 """
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -18,26 +22,38 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from safetensors import safe_open
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .models import build_model
 
 MODEL_FORMAT = "twinsnn-model/1"
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (at most 200 characters), else its type."""
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
 def atomic_write(path: Path, write) -> None:
     """Call ``write(tmp_path)`` then fsync and rename onto ``path``; the previous file stays
-    intact until the new one is complete, and a crash leaves at most a stray temp file."""
+    intact until the new one is complete, and a crash leaves at most a stray temp file.
+    A failed write (a full disk) raises ``CheckpointError``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise CheckpointError(f"cannot write {path} ({e.strerror or first_line(e)}); "
+                                  "any previous version of it is kept") from None
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -51,18 +67,56 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 
 def load_checkpoint(path: Path) -> dict:
-    """Read a training checkpoint without executing pickled code."""
+    """Read a training checkpoint without executing pickled code: a zip archive as
+    ``torch.save`` writes it, with no compressed record that could inflate without bound."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with zipfile.ZipFile(path) as archive:
+            compressed = any(i.compress_type != zipfile.ZIP_STORED for i in archive.infolist())
+        if compressed:
+            raise CheckpointError("it holds compressed records")
+        with warnings.catch_warnings():  # torch warns about odd pickle protocols
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors have many types; all mean "not ours"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a readable twinsnn checkpoint ({first[:200]})") from None
-    if not isinstance(state, dict) or not {"members", "config", "meta", "epoch"} <= set(state):
-        raise CheckpointError(f"{path}: not a twinsnn training checkpoint (missing members/config)")
+        raise CheckpointError(f"{path}: not a readable twinsnn checkpoint "
+                              f"({first_line(e)})") from None
+    members = state.get("members") if isinstance(state, dict) else None
+    if not (isinstance(members, list) and members and all(isinstance(m, dict) for m in members)
+            and isinstance(state.get("config"), dict) and isinstance(state.get("meta"), dict)
+            and isinstance(state["meta"].get("model"), dict)
+            and type(state.get("epoch")) is int and state["epoch"] >= 0):
+        raise CheckpointError(f"{path}: not a twinsnn training checkpoint (missing or malformed "
+                              "members, config, meta or epoch)")
     return state
+
+
+def build_from_header(spec, path, max_bytes: int) -> torch.nn.Module:
+    """``build_model(**spec)`` for a network a file describes. Sized on the meta device first:
+    ``CheckpointError`` when ``spec`` is invalid or its weights need more than ``max_bytes``."""
+    try:
+        with torch.device("meta"):
+            shell = build_model(**spec)
+        need = sum(t.numel() * t.element_size() for t in shell.state_dict().values())
+    except Exception as e:  # any bad value in an untrusted header
+        raise CheckpointError(f"{path}: cannot build the model it describes "
+                              f"({first_line(e)})") from None
+    if need > max_bytes:
+        raise CheckpointError(f"{path}: describes a model of {need} bytes of weights, more "
+                              f"than the {max_bytes} bytes it can hold")
+    return build_model(**spec)
+
+
+def _stored_bytes(tensors: dict) -> int:
+    """Bytes of the distinct CPU storages behind ``tensors``: what was really read for them."""
+    storages = {}
+    for t in tensors.values():
+        if torch.is_tensor(t) and t.layout == torch.strided and t.device.type == "cpu":
+            storage = t.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
 
 
 def member_from_checkpoint(state: dict, member: int = 0, path: Path | str = "checkpoint"):
@@ -74,13 +128,18 @@ def member_from_checkpoint(state: dict, member: int = 0, path: Path | str = "che
     if not 0 <= member < len(state["members"]):
         raise CheckpointError(f"{path} has members 0..{len(state['members']) - 1}, not {member}")
     try:
-        model = build_model(**state["meta"]["model"])
+        quant_cfg = from_flat(state["config"]).quant
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: its config is not valid ({e})") from None
+    weights = state["members"][member]
+    model = build_from_header(state["meta"]["model"], path, _stored_bytes(weights))
+    try:
         if member == 0:
-            quant.set_compression(model, from_flat(state["config"]).quant, state["epoch"])
-        model.load_state_dict(state["members"][member])
-    except (KeyError, TypeError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0][:200]
-        raise CheckpointError(f"{path}: weights do not fit the described model ({first})") from None
+            quant.set_compression(model, quant_cfg, state["epoch"])
+        model.load_state_dict(weights)
+    except Exception as e:  # any mismatch of untrusted weights
+        raise CheckpointError(f"{path}: weights do not fit the described model "
+                              f"({first_line(e)})") from None
     return model.eval()
 
 
@@ -97,13 +156,16 @@ def read_model_meta(path: Path) -> dict:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable safetensors model ({e})") from None
+        raise CheckpointError(f"{path}: not a readable safetensors model ({first_line(e)})") from None
     if header.get("format") != MODEL_FORMAT:
-        raise CheckpointError(f"{path}: not a twinsnn model (format {header.get('format')!r})")
+        raise CheckpointError(f"{path}: not a twinsnn model (format {header.get('format')!r:.80})")
     try:
-        return json.loads(header["meta"])
-    except (KeyError, json.JSONDecodeError):
+        meta = json.loads(header["meta"])
+    except (KeyError, ValueError, RecursionError):
         raise CheckpointError(f"{path}: model header is not valid JSON") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: model header is not a JSON object")
+    return meta
 
 
 def load_model(path: Path) -> tuple[torch.nn.Module, dict]:
@@ -112,10 +174,10 @@ def load_model(path: Path) -> tuple[torch.nn.Module, dict]:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such model file")
     meta = read_model_meta(path)
+    model = build_from_header(meta.get("model"), path, path.stat().st_size)
     try:
-        model = build_model(**meta["model"])
         model.load_state_dict(load_file(str(path)))
-    except (KeyError, TypeError, RuntimeError, SafetensorError) as e:
-        first = str(e).strip().splitlines()[0][:200]
-        raise CheckpointError(f"{path}: weights do not fit the described model ({first})") from None
+    except Exception as e:  # any mismatch of untrusted weights
+        raise CheckpointError(f"{path}: weights do not fit the described model "
+                              f"({first_line(e)})") from None
     return model.eval(), meta

@@ -109,6 +109,7 @@ POSITIVE = ("model.width", "model.timesteps", "model.threshold", "train.epochs",
 UNIT_INTERVAL = ("model.decay", "model.readout_decay")  # [0, 1]
 NON_NEGATIVE = ("loss.alpha", "quant.delta", "quant.start_epoch", "data.val_size")
 POSITIVE_OR_NONE = ("data.train_limit",)
+MAX_YAML_BYTES = 64 << 10  # a config file is a few hundred bytes
 
 
 def leaf_keys() -> dict[str, type]:
@@ -124,6 +125,16 @@ def leaf_keys() -> dict[str, type]:
     return keys
 
 
+def _show(value) -> str:
+    """A config value for a message, bounded in length and effort: YAML aliases can make a
+    small document hold a structure far too large to print."""
+    if isinstance(value, (bool, float, str, type(None))) or (
+            isinstance(value, int) and value.bit_length() <= 64):
+        text = repr(value)
+        return text if len(text) <= 80 else text[:77] + "..."
+    return f"a value of type {type(value).__name__}"
+
+
 def resolve_key(key: str) -> str:
     """``alpha`` -> ``loss.alpha``; full keys pass through; anything else is an error."""
     keys = leaf_keys()
@@ -133,8 +144,8 @@ def resolve_key(key: str) -> str:
     if len(matches) == 1:
         return matches[0]
     if matches:
-        raise ConfigError(f"config key {key!r} is ambiguous; use one of {matches}")
-    raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(keys)}")
+        raise ConfigError(f"config key {_show(key)} is ambiguous; use one of {matches}")
+    raise ConfigError(f"unknown config key {_show(key)}; valid keys: {', '.join(keys)}")
 
 
 def _coerce(key: str, value, kind):
@@ -154,22 +165,29 @@ def _coerce(key: str, value, kind):
         if isinstance(value, bool):
             return value
     elif base is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            if -2**63 <= value < 2**63:
+                return value
+            raise ConfigError(f"{key} must fit in 64 bits, got {_show(value)}")
     elif base is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:
+                pass
     elif base is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        if isinstance(value, (str, float)) or (isinstance(value, int) and
+                                                not isinstance(value, bool)
+                                                and value.bit_length() <= 64):
             return str(value)
-    raise ConfigError(f"{key} must be {base.__name__}, got {value!r}")
+    raise ConfigError(f"{key} must be {base.__name__}, got {_show(value)}")
 
 
 def _check(key: str, value) -> None:
     if key in CHOICES and value not in CHOICES[key]:
-        raise ConfigError(f"{key} must be one of {', '.join(CHOICES[key])}; got {value!r}")
+        raise ConfigError(f"{key} must be one of {', '.join(CHOICES[key])}; got {_show(value)}")
     if key in POSITIVE and not value > 0:
         raise ConfigError(f"{key} must be positive, got {value!r}")
     if key in UNIT_INTERVAL and not 0 <= value <= 1:
@@ -225,10 +243,13 @@ def _flatten_yaml(tree: dict, source: str) -> dict:
         raise ConfigError(f"{source}: expected a mapping of config sections, got {type(tree).__name__}")
     flat = {}
     for key, value in tree.items():
+        for k in (key, *(value if isinstance(value, dict) else ())):
+            if not isinstance(k, str):
+                raise ConfigError(f"{source}: config keys are names, not {_show(k)}")
         if isinstance(value, dict):
             flat.update({f"{key}.{k}": v for k, v in value.items()})
         else:
-            flat[str(key)] = value
+            flat[key] = value
     return flat
 
 
@@ -244,14 +265,22 @@ def read_yaml(preset_or_path: str) -> dict:
         text = resources.files("twinsnn.configs").joinpath(f"{preset_or_path}.yaml").read_text()
         source = f"preset {preset_or_path}"
     elif path.suffix in (".yaml", ".yml") and path.is_file():
-        text, source = path.read_text(), str(path)
+        source = str(path)
+        try:
+            with open(path, "rb") as f:
+                text = f.read(MAX_YAML_BYTES + 1)
+        except OSError as e:
+            raise ConfigError(f"{source}: cannot read ({e.strerror})") from None
+        if len(text) > MAX_YAML_BYTES:
+            raise ConfigError(f"{source}: larger than {MAX_YAML_BYTES} bytes; not a config file")
     else:
         raise ConfigError(f"no preset or YAML file {preset_or_path!r}; presets: "
                           f"{', '.join(preset_names())}")
-    try:
+    try:  # safe_load builds only plain data: tags such as !!python/object are refused
         tree = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{source}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except (yaml.YAMLError, ValueError, RecursionError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{source}: not valid YAML ({first[:200]})") from None
     return _flatten_yaml(tree, source)
 
 
@@ -264,7 +293,7 @@ def parse_overrides(pairs: list[str]) -> dict:
             raise ConfigError(f"override {pair!r} is not key=value")
         try:
             out[key.strip()] = yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError, RecursionError):
             out[key.strip()] = value
     return out
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from .checkpoint import load_checkpoint, load_model, member_from_checkpoint
 from .config import from_flat
 from .data import build_data
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .neurons import use_compiled_kernels
 from .train import Preprocess, evaluate, resolve_device
 
@@ -26,7 +26,12 @@ def load_for_eval(path: Path, member: int = 0):
     else:
         state = load_checkpoint(path)
         model, meta = member_from_checkpoint(state, member, path), state["meta"]
-    return model, from_flat(meta["config"])
+    if not isinstance(meta.get("config"), dict):
+        raise CheckpointError(f"{path}: holds no training config to evaluate it with")
+    try:
+        return model, from_flat(meta["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: its training config is not valid ({e})") from None
 
 
 def evaluate_file(path: Path, member: int = 0, data_dir: str | None = None,

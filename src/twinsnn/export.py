@@ -26,8 +26,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 from torch import nn
 
+from .checkpoint import build_from_header, first_line
 from .errors import CheckpointError
-from .models import build_model
 from .quant import (pack_binary, pack_ternary, quant_codes, quant_scale, quantizer,
                     unpack_binary, unpack_ternary)
 
@@ -37,6 +37,7 @@ METADATA_KEY = "twinsnn"
 MODEL_KWARGS = ("width", "timesteps", "num_classes", "in_channels", "image_size", "fc_norm",
                 "decay", "threshold", "readout_decay", "dropout")
 CODE_BITS = {"ternary": 2, "binary": 1}
+MAX_EXPANSION = 32  # a stored weight takes at least 1 bit; rebuilt, 32
 
 
 def _packed_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
@@ -94,18 +95,18 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
             tensors = {key: f.get_tensor(key) for key in f.keys()}
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({first_line(e)})") from None
     if METADATA_KEY not in metadata:
         raise CheckpointError(f"{path}: no '{METADATA_KEY}' header; not a twinsnn export")
     try:
         header = json.loads(metadata[METADATA_KEY])
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: header is not valid JSON ({e})") from None
+    except (ValueError, RecursionError) as e:
+        raise CheckpointError(f"{path}: header is not valid JSON ({first_line(e)})") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise CheckpointError(f"{path}: header is not a {FORMAT} header")
     if header.get("version") != VERSION:
-        raise CheckpointError(f"{path}: format version {header.get('version')!r} "
+        raise CheckpointError(f"{path}: format version {header.get('version')!r:.40} "
                               f"is not supported (expected {VERSION})")
     if not isinstance(header.get("meta"), dict) or not isinstance(header.get("layers"), dict):
         raise CheckpointError(f"{path}: header lacks its 'meta' or 'layers' object")
@@ -123,10 +124,8 @@ def _build(path: Path, meta: dict) -> nn.Module:
     kwargs = {k: spec[k] for k in MODEL_KWARGS if k in spec}
     if isinstance(kwargs.get("image_size"), list):
         kwargs["image_size"] = tuple(kwargs["image_size"])
-    try:
-        return build_model(spec.get("arch"), **kwargs)
-    except Exception as e:  # any bad architecture value in the header
-        raise CheckpointError(f"{path}: cannot build the model from its header ({e})") from None
+    return build_from_header({"arch": spec.get("arch"), **kwargs}, path,
+                             MAX_EXPANSION * path.stat().st_size)
 
 
 def _weight(path: Path, name: str, entry: dict, module: nn.Module,
@@ -139,7 +138,8 @@ def _weight(path: Path, name: str, entry: dict, module: nn.Module,
         raise CheckpointError(f"{where} has no valid mode")
     shape = tuple(module.weight.shape)
     if entry.get("shape") != list(shape):
-        raise CheckpointError(f"{where} has shape {entry.get('shape')}, the model {list(shape)}")
+        raise CheckpointError(f"{where} has shape {entry.get('shape')!s:.80}, "
+                              f"the model {list(shape)}")
     packed = tensors.pop(f"{name}.weight_codes", None)
     if packed is None:
         raise CheckpointError(f"{where}: tensor 'weight_codes' is missing")
@@ -179,7 +179,7 @@ def _rebuild(path: Path, tensors: dict[str, torch.Tensor], header: dict) -> nn.M
                               + ", ".join(problems))
     for key, value in tensors.items():
         want = expected[key]
-        if value.shape != want.shape or value.is_floating_point() != want.is_floating_point():
+        if value.shape != want.shape or value.dtype != want.dtype:
             raise CheckpointError(f"{path}: tensor {key!r} is {value.dtype} "
                                   f"{list(value.shape)}, the model expects {want.dtype} "
                                   f"{list(want.shape)}")

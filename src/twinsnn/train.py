@@ -24,11 +24,11 @@ from tqdm import tqdm
 
 from . import __version__, quant
 from .analysis import firing_rates
-from .checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
+from .checkpoint import first_line, load_checkpoint, load_model, save_checkpoint, save_model
 from .config import Config, to_dict, to_flat
 from .data import DataSplits, Dataset, build_data, dataset_module
 from .data.transforms import AUGMENTATIONS, normalize, to_unit
-from .errors import ConfigError, TwinsnnError
+from .errors import CheckpointError, ConfigError, TwinsnnError
 from .losses import Strategy, strategy_from_config
 from .models import build_model
 from .neurons import use_compiled_kernels
@@ -234,10 +234,17 @@ def fit(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
                               "the same preset and --set values")
         start_epoch = resume_state["epoch"]
         quant.set_compression(cohort.members[0], cfg.quant, start_epoch)
-        for member, state in zip(cohort.members, resume_state["members"]):
-            member.load_state_dict(state)
-        cohort.optimizer.load_state_dict(resume_state["optimizer"])
-        cohort.scheduler.load_state_dict(resume_state["scheduler"])
+        if len(resume_state["members"]) != len(cohort.members):
+            raise CheckpointError(f"{ckpt_path} holds {len(resume_state['members'])} members; "
+                                  f"the config trains {len(cohort.members)}")
+        try:
+            for member, state in zip(cohort.members, resume_state["members"]):
+                member.load_state_dict(state)
+            cohort.optimizer.load_state_dict(resume_state["optimizer"])
+            cohort.scheduler.load_state_dict(resume_state["scheduler"])
+        except Exception as e:  # a damaged or tampered checkpoint
+            raise CheckpointError(f"{ckpt_path}: cannot restore the run from it "
+                                  f"({first_line(e)})") from None
         _truncate_metrics(run_dir / "metrics.jsonl", start_epoch)
     else:
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
@@ -347,8 +354,10 @@ def train_one_epoch(cfg: Config, cohort: Cohort, strategy: Strategy, preprocess:
         outputs = cohort.outputs(x)
         loss, parts = strategy(outputs, y)
         if not torch.isfinite(loss):
-            raise TrainingError(f"loss is {loss.item()} at epoch {epoch} step {step}; the last "
-                                f"good checkpoint {ckpt_path} is kept (lower train.lr?)")
+            kept = (f"the last good checkpoint {ckpt_path} is kept" if ckpt_path.exists()
+                    else "no checkpoint had been written yet")
+            raise TrainingError(f"loss is {loss.item()} at epoch {epoch} step {step}; {kept} "
+                                "(lower train.lr?)")
         cohort.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         cohort.optimizer.step()

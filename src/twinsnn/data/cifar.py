@@ -3,15 +3,15 @@
 Either the archive (``cifar-10-python.tar.gz``) or its extracted folder (``cifar-10-batches-py/``)
 is read, and every file is checked against its official MD5 unless ``data.verify`` is off (for
 a re-packed copy). The batch files are pickles: they are parsed by an unpickler that can build
-nothing but dicts, lists, strings, ints and numpy arrays made from the file's own bytes, so a
-tampered file can neither run code nor make the loader allocate more than a bounded multiple
-of its size.
+nothing but dicts, lists, strings, ints and numpy arrays made from the file's own bytes
+(numpy's own unpickling code never sees the pickled state), so a tampered file can neither run
+code nor make the loader allocate more than a bounded multiple of its size.
 """
 from __future__ import annotations
 
 import hashlib
 import io
-import itertools
+import math
 import os
 import pickle
 import pickletools
@@ -25,12 +25,8 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from .idx import read_at_most
 from .splits import Dataset
-
-try:
-    from numpy._core.multiarray import _reconstruct  # numpy >= 2
-except ImportError:
-    from numpy.core.multiarray import _reconstruct  # numpy 1.x
 
 URL = "https://www.cs.toronto.edu/~kriz/"
 # Official MD5 of each archive and of each batch file inside it, keyed by path in the archive.
@@ -58,19 +54,59 @@ class _ArrayClass:
     argument, so a pickle cannot call ``ndarray(shape)`` to allocate memory it does not hold."""
 
 
+class _Dtype:
+    """Stands for a pickled ``numpy.dtype``: a plain number type given by name. Its pickled
+    state is checked here and never reaches numpy, whose ``__setstate__`` trusts it."""
+
+    def __init__(self, name, align=False, copy=False):
+        dtype = np.dtype(name.decode("ascii") if isinstance(name, bytes) else str(name))
+        if dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
+            raise pickle.UnpicklingError(f"numpy dtype {dtype} is not a plain number type")
+        self.dtype = dtype
+
+    def __setstate__(self, state):
+        """``(version, byteorder, subarray, names, fields, ...)``; only the byte order counts."""
+        order = state[1] if isinstance(state, tuple) and len(state) >= 5 else None
+        order = order.decode("latin-1") if isinstance(order, bytes) else order
+        if order not in ("|", "<", ">", "=") or state[2:5] != (None, None, None):
+            raise pickle.UnpicklingError("numpy dtype state is not a plain number type's")
+        if order in ("<", ">"):
+            self.dtype = self.dtype.newbyteorder(order)
+
+
+class _PendingArray:
+    """What ``_reconstruct`` gives: an array that its pickled state, ``(version, shape, dtype,
+    fortran_order, data_bytes)``, then fills once the bytes are checked to match the shape."""
+
+    array = None
+
+    def __setstate__(self, state):
+        if not (isinstance(state, tuple) and len(state) == 5):
+            raise pickle.UnpicklingError("numpy array state is not a 5-tuple")
+        _, shape, dtype, fortran, data = state
+        if not (isinstance(shape, tuple) and all(type(n) is int and n >= 0 for n in shape)
+                and isinstance(dtype, _Dtype) and fortran in (False, True)
+                and isinstance(data, bytes)):
+            raise pickle.UnpicklingError("numpy array state is malformed")
+        if math.prod(shape) * dtype.dtype.itemsize != len(data):
+            raise pickle.UnpicklingError(f"numpy array of shape {shape} does not match its "
+                                         f"{len(data)} bytes")
+        self.array = np.frombuffer(data, dtype.dtype).reshape(shape, order="F" if fortran else "C")
+
+
 def _reconstruct_empty(cls, shape, dtype):
     """``numpy.core.multiarray._reconstruct`` as the files use it: an empty array that the
-    pickle's own bytes then fill (``ndarray.__setstate__`` checks they match its shape)."""
+    pickle's own bytes then fill."""
     if cls is not _ArrayClass or tuple(shape) != (0,):
         raise pickle.UnpicklingError("numpy array built other than from its own bytes")
-    return _reconstruct(np.ndarray, (0,), dtype)
+    return _PendingArray()
 
 
 _GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct_empty,  # as written by numpy 1.x
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct_empty,  # as written by numpy 2
     ("numpy", "ndarray"): _ArrayClass,
-    ("numpy", "dtype"): np.dtype,
+    ("numpy", "dtype"): _Dtype,
 }
 
 
@@ -93,20 +129,24 @@ def _describe(value) -> str:
 def parse_batch(raw: bytes, name: str, rows: int, label_key: str, num_classes: int):
     """One pickled batch -> images uint8 ``[rows, 3, 32, 32]`` and labels int64 ``[rows]``.
 
-    A first pass over the opcodes bounds their number and checks that every length the stream
-    declares is backed by bytes, before the unpickler allocates anything for it.
+    A first pass over the opcodes bounds their number and their memo indices, and checks that
+    every length the stream declares is backed by bytes, before the unpickler allocates
+    anything for it.
     """
     try:
-        opcodes = itertools.islice(pickletools.genops(raw), MAX_PICKLE_OPS + 1)
-        if sum(1 for _ in opcodes) > MAX_PICKLE_OPS:
-            raise pickle.UnpicklingError(f"more than {MAX_PICKLE_OPS} opcodes")
+        for count, (op, arg, _) in enumerate(pickletools.genops(raw)):
+            if count >= MAX_PICKLE_OPS:
+                raise pickle.UnpicklingError(f"more than {MAX_PICKLE_OPS} opcodes")
+            if op.name in ("PUT", "BINPUT", "LONG_BINPUT") and arg >= MAX_PICKLE_OPS:
+                raise pickle.UnpicklingError(f"memo index {arg} is out of range")
         batch = _BatchUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except Exception as e:  # untrusted bytes: any failure of the parser means a bad file
         raise DataError(f"{name}: not a readable CIFAR batch ({type(e).__name__}: {e}); "
                         "delete it and fetch it again") from None
     if not isinstance(batch, dict):
         raise DataError(f"{name}: holds a {type(batch).__name__}, not a CIFAR batch dict")
-    entries = {k.decode("latin-1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
+    entries = {k.decode("latin-1") if isinstance(k, bytes) else k:
+               v.array if isinstance(v, _PendingArray) else v for k, v in batch.items()}
     data, labels = entries.get("data"), entries.get(label_key)
     if not (isinstance(data, np.ndarray) and data.dtype == np.uint8
             and data.shape == (rows, IMAGE_BYTES)):
@@ -136,7 +176,7 @@ def md5_file(path: Path) -> str:
 
 
 def _read_bounded(f, name: str) -> bytes:
-    raw = f.read(MAX_BATCH_BYTES + 1)
+    raw = read_at_most(f, MAX_BATCH_BYTES)
     if len(raw) > MAX_BATCH_BYTES:
         raise DataError(f"{name}: larger than {MAX_BATCH_BYTES} bytes; not a CIFAR batch")
     return raw

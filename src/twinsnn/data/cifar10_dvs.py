@@ -25,6 +25,7 @@ import torch
 
 from ..errors import ConfigError, DataError
 from .cifar import looked_in
+from .idx import read_at_most
 from .splits import Dataset
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -36,6 +37,7 @@ AUGMENTATION = "rotate_shear"
 SENSOR = 128  # DVS128: 128 x 128 pixels
 HEADER = b"#!AER-DAT2.0"
 MAX_FILE_BYTES = 64 << 20  # recordings are a few MiB; anything far larger is refused unread
+MAX_HEADER_BYTES = 1 << 20  # their comment header is a few hundred bytes
 MAX_COUNT = float(np.finfo(np.float16).max)  # counts saturate here rather than become inf
 SPLIT = "random-per-class-9:1"
 CACHE_VERSION = 1
@@ -48,7 +50,7 @@ def read_aedat(path: Path) -> tuple[np.ndarray, ...]:
     """Events of one AEDAT 2.0 DVS128 file: ``x, y, p, t``, each ``[E]`` (t int64, in us)."""
     try:
         with open(path, "rb") as f:
-            raw = f.read(MAX_FILE_BYTES + 1)
+            raw = read_at_most(f, MAX_FILE_BYTES)
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e})") from None
     if len(raw) > MAX_FILE_BYTES:
@@ -57,6 +59,9 @@ def read_aedat(path: Path) -> tuple[np.ndarray, ...]:
         raise DataError(f"{path}: not an AEDAT 2.0 file (does not start with {HEADER.decode()})")
     start = 0
     while start < len(raw) and raw[start] == ord("#"):
+        if start > MAX_HEADER_BYTES:
+            raise DataError(f"{path}: comment header longer than {MAX_HEADER_BYTES} bytes; "
+                            "not a CIFAR10-DVS recording")
         end = raw.find(b"\n", start)
         if end < 0:
             raise DataError(f"{path}: header never ends; the file is truncated")

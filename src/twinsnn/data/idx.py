@@ -15,6 +15,18 @@ _IDX_DTYPES = {0x08: np.uint8}
 MAX_IDX_BYTES = 1 << 31  # no IDX file of any data set here comes near 2 GiB
 
 
+def read_at_most(f, limit: int) -> bytes:
+    """Up to ``limit + 1`` bytes of the binary stream ``f``, read in chunks so that memory
+    follows what the stream holds rather than ``limit``; callers refuse a longer result."""
+    raw = bytearray()
+    while len(raw) <= limit:
+        chunk = f.read(min(1 << 20, limit + 1 - len(raw)))
+        if not chunk:
+            break
+        raw += chunk
+    return bytes(raw)
+
+
 def read_idx_gz(path: Path, sha256: str | None = None) -> torch.Tensor:
     """Decompress and parse one ``.gz`` IDX file into a uint8 tensor of its declared shape.
 
@@ -23,7 +35,7 @@ def read_idx_gz(path: Path, sha256: str | None = None) -> torch.Tensor:
     """
     try:
         with gzip.open(path, "rb") as f:
-            raw = f.read(MAX_IDX_BYTES + 1)
+            raw = read_at_most(f, MAX_IDX_BYTES)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except (OSError, EOFError, zlib.error) as e:
