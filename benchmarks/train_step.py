@@ -26,7 +26,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-IMPLS = ("twinsnn", "spikingjelly", "snntorch")
+PEER_IMPLS = ("spikingjelly", "snntorch")
+# twinsnn as its trainer runs it, and ablations that each undo one optimization
+TWINSNN = {
+    "twinsnn": {"lif": "compiled", "channels_last": True},
+    "twinsnn:eager-lif": {"lif": "eager", "channels_last": True},
+    "twinsnn:autograd-lif": {"lif": "autograd", "channels_last": True},
+    "twinsnn:nchw": {"lif": "compiled", "channels_last": False},
+}
+IMPLS = ("twinsnn", *PEER_IMPLS)
 MODES = ("single", "tna")
 IMAGE = (3, 32, 32)
 CLASSES = 10
@@ -47,13 +55,35 @@ def reference_models(width: float, timesteps: int, members: int, seed: int = 0):
 
 
 def build(impl: str, width: float, timesteps: int, members: int):
-    """The networks of ``impl`` carrying the weights of ``reference_models``."""
+    """The networks of ``impl`` carrying the weights of ``reference_models``, and the memory
+    format their input takes."""
     models = reference_models(width, timesteps, members)
-    if impl == "twinsnn":
-        return models
-    from .peers import PEERS
+    if impl in PEER_IMPLS:
+        from .peers import PEERS
 
-    return [PEERS[impl](m) for m in models]
+        return [PEERS[impl](m) for m in models], torch.contiguous_format
+    import twinsnn.neurons
+
+    variant = TWINSNN[impl]
+    twinsnn.neurons.use_compiled_kernels(variant["lif"] == "compiled")
+    if variant["lif"] == "autograd":
+        twinsnn.neurons.lif = autograd_lif  # what ``LIF.forward`` calls
+    if not variant["channels_last"]:
+        return models, torch.contiguous_format
+    return [m.to(memory_format=torch.channels_last) for m in models], torch.channels_last
+
+
+def autograd_lif(current_tb, decay: float = 0.5, threshold: float = 1.0):
+    """Eq. 1 as a plain per-step loop of autograd ops (the baseline the fused LIF replaces)."""
+    from .peers import Boxcar
+
+    spikes, v = [], None
+    for current in current_tb:
+        u = current if v is None else current + decay * v
+        s = Boxcar.apply(u - threshold)
+        spikes.append(s)
+        v = u * (1.0 - s)
+    return torch.stack(spikes)
 
 
 def cohort_loss(logits, y, alpha: float):
@@ -119,12 +149,13 @@ def _status_kib(field: str) -> int:
 def time_config(impl: str, width: float, mode: str, batch_size: int, timesteps: int,
                 warmup: int, steps: int, alpha: float) -> dict:
     """Time ``steps`` training steps of one configuration in this (fresh) process."""
-    models = build(impl, width, timesteps, 2 if mode == "tna" else 1)
+    models, memory_format = build(impl, width, timesteps, 2 if mode == "tna" else 1)
     for m in models:
         m.train()
     params = [p for m in models for p in m.parameters()]
     optimizer = torch.optim.Adam(params, lr=1e-3)
     x, y = batch(batch_size)
+    x = x.contiguous(memory_format=memory_format)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
@@ -146,7 +177,7 @@ def time_config(impl: str, width: float, mode: str, batch_size: int, timesteps: 
 
 
 def check_config(width: float, batch_size: int, timesteps: int) -> dict:
-    """Max abs differences of logits (and gradients) of the peers against twinsnn."""
+    """Max abs differences of logits (and gradients) of the peers against twinsnn as timed."""
     from twinsnn.layers import TimeSharedDropout
 
     from .peers import PEERS, aligned_parameters
@@ -155,9 +186,9 @@ def check_config(width: float, batch_size: int, timesteps: int) -> dict:
     result = {}
     for dtype in (torch.float64, torch.float32):
         tag = str(dtype).removeprefix("torch.")
-        xd = x.to(dtype)
-        (ref,) = reference_models(width, timesteps, 1)
+        (ref,), memory_format = build("twinsnn", width, timesteps, 1)
         ref = ref.to(dtype)
+        xd = x.to(dtype).contiguous(memory_format=memory_format)
         calibrate(ref, xd)
         for m in ref.modules():  # dropout off: the train-mode check compares deterministic nets
             if isinstance(m, TimeSharedDropout):
@@ -308,7 +339,8 @@ def main(argv=None) -> None:
     p.add_argument("--widths", type=float, nargs="+", default=[0.125, 0.25])
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--timesteps", type=int, default=5)
-    p.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS))
+    p.add_argument("--impls", nargs="+", choices=[*TWINSNN, *PEER_IMPLS], default=list(IMPLS),
+                   help="twinsnn:* are ablations of twinsnn, each without one optimization")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=4, help="timed steps per round")
@@ -334,7 +366,7 @@ def main(argv=None) -> None:
     print("versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()), flush=True)
 
     checks = {}
-    if not args.no_check and set(args.impls) - {"twinsnn"}:
+    if not args.no_check and set(args.impls) & set(PEER_IMPLS):
         for width in args.widths:
             checks[str(width)] = _run_worker({"kind": "check", "width": width, "batch_size": 16,
                                               "timesteps": args.timesteps})

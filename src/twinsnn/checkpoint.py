@@ -29,9 +29,13 @@ MODEL_FORMAT = "twinsnn-model/1"
 
 
 def first_line(error: BaseException) -> str:
-    """The first line of an exception's message (at most 200 characters), else its type."""
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else type(error).__name__
+    """The first line of an exception's message, with the next when it ends in a colon (at
+    most 200 characters), else the exception's type."""
+    lines = [line.strip() for line in str(error).strip().splitlines()]
+    if not lines or not lines[0]:
+        return type(error).__name__
+    text = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]
+    return text[:200]
 
 
 def atomic_write(path: Path, write) -> None:
@@ -119,6 +123,12 @@ def _stored_bytes(tensors: dict) -> int:
     return sum(storages.values())
 
 
+def weights_epoch(state: dict) -> int:
+    """The epoch whose compression state the saved weights are in: a checkpoint written at
+    the end of epoch e says ``epoch = e + 1, step = 0``; one written mid-epoch says ``epoch = e``."""
+    return state["epoch"] - 1 if state["step"] == 0 else state["epoch"]
+
+
 def member_from_checkpoint(state: dict, member: int = 0, path: Path | str = "checkpoint"):
     """Rebuild cohort member ``member`` of a loaded checkpoint, compressed as it was trained
     (only the base is ever compressed)."""
@@ -135,7 +145,7 @@ def member_from_checkpoint(state: dict, member: int = 0, path: Path | str = "che
     model = build_from_header(state["meta"]["model"], path, _stored_bytes(weights))
     try:
         if member == 0:
-            quant.set_compression(model, quant_cfg, state["epoch"])
+            quant.set_compression(model, quant_cfg, weights_epoch(state))
         model.load_state_dict(weights)
     except Exception as e:  # any mismatch of untrusted weights
         raise CheckpointError(f"{path}: weights do not fit the described model "

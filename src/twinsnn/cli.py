@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import TwinsnnError
+from .errors import Interrupted, TwinsnnError
 
 DESCRIPTION = """\
 Train spiking neural networks with twin network augmentation (TNA) and compress them
@@ -188,9 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     except TwinsnnError as e:
         print(f"twinsnn: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except Interrupted:
         print("twinsnn: interrupted; a checkpoint was written, continue with --resume",
               file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("twinsnn: interrupted", file=sys.stderr)
         return 130
 
 

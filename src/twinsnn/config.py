@@ -78,6 +78,7 @@ class QuantConfig:
     delta: float = 0.1  # ternary threshold, eq. 6
     full_precision_ends: bool = True  # keep the first conv and the output layer in fp32
     scale: str = "none"  # none (paper: codes only) | layer | channel: fp scale beside the codes
+    lr_at_switch: typing.Optional[float] = None  # set the lr to this when compression starts
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ POSITIVE = ("model.width", "model.timesteps", "model.threshold", "train.epochs",
             "train.lr_step_size", "loss.members", "data.resolution")
 UNIT_INTERVAL = ("model.decay", "model.readout_decay")  # [0, 1]
 NON_NEGATIVE = ("loss.alpha", "quant.delta", "quant.start_epoch", "data.val_size")
-POSITIVE_OR_NONE = ("data.train_limit",)
+POSITIVE_OR_NONE = ("data.train_limit", "quant.lr_at_switch")
 MAX_YAML_BYTES = 64 << 10  # a config file is a few hundred bytes
 
 

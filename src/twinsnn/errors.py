@@ -18,3 +18,7 @@ class ConfigError(TwinsnnError):
 
 class CheckpointError(TwinsnnError):
     """A checkpoint or exported model cannot be read or does not fit the model."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT or SIGTERM after writing a checkpoint to resume from."""

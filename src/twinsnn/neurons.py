@@ -67,8 +67,9 @@ class _Kernels:
         if not self.compiled:
             return _forward_kernel, _backward_kernel
         if self._compiled is None:
-            self._compiled = (torch.compile(_forward_kernel, dynamic=True),
-                              torch.compile(_backward_kernel, dynamic=True))
+            # N of the [T, N] rows is marked dynamic at each call; decay and threshold stay
+            # constants (symbolic floats would make inductor emit a single-threaded loop)
+            self._compiled = (torch.compile(_forward_kernel), torch.compile(_backward_kernel))
         return self._compiled
 
 
@@ -80,20 +81,39 @@ def use_compiled_kernels(flag: bool) -> None:
     KERNELS.compiled = bool(flag)
 
 
+def _rows(x: torch.Tensor, order: list[int]) -> torch.Tensor:
+    """``[T, ...] -> [T, N]`` with the per-step dims taken in ``order`` (a view when that is
+    their memory order)."""
+    rows = x.permute(0, *order).reshape(x.shape[0], -1)
+    torch._dynamo.maybe_mark_dynamic(rows, 1)
+    return rows
+
+
+def _unrows(rows: torch.Tensor, like: torch.Tensor, order: list[int]) -> torch.Tensor:
+    """Inverse of ``_rows``: ``[T, N]`` back to the shape of ``like``, with its memory layout."""
+    inverse = [0] + [order.index(d) + 1 for d in range(1, like.dim())]
+    return rows.view(like.shape[0], *(like.shape[d] for d in order)).permute(inverse)
+
+
 class _LIFSequence(torch.autograd.Function):
+    # The kernels see [T, N] in memory order: one compiled kernel serves every layer shape and
+    # memory format (channels-last included) and the outputs keep the input's layout.
     @staticmethod
     def forward(ctx, current_tb: torch.Tensor, decay: float, threshold: float):
+        order = sorted(range(1, current_tb.dim()), key=lambda d: -current_tb.stride(d))
         forward_kernel, _ = KERNELS.get()
-        spikes_tb, u_tb = forward_kernel(current_tb, decay, threshold)
-        ctx.save_for_backward(u_tb)
-        ctx.decay, ctx.threshold = decay, threshold
-        return spikes_tb
+        spikes, u = forward_kernel(_rows(current_tb, order), decay, threshold)
+        ctx.save_for_backward(u)
+        ctx.decay, ctx.threshold, ctx.order = decay, threshold, order
+        return _unrows(spikes, current_tb, order)
 
     @staticmethod
     def backward(ctx, grad_spikes_tb: torch.Tensor):
-        (u_tb,) = ctx.saved_tensors
+        (u,) = ctx.saved_tensors
         _, backward_kernel = KERNELS.get()
-        return backward_kernel(grad_spikes_tb.contiguous(), u_tb, ctx.decay, ctx.threshold), None, None
+        grad = _rows(grad_spikes_tb, ctx.order).contiguous()
+        grad_current = backward_kernel(grad, u, ctx.decay, ctx.threshold)
+        return _unrows(grad_current, grad_spikes_tb, ctx.order), None, None
 
 
 def lif(current_tb: torch.Tensor, decay: float = 0.5, threshold: float = 1.0) -> torch.Tensor:

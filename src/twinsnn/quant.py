@@ -174,7 +174,7 @@ def set_compression(model: nn.Module, cfg_quant, epoch: int) -> bool:
     on = cfg_quant.mode != "none" and epoch >= cfg_quant.start_epoch
     if on:
         compress(model, cfg_quant.mode, cfg_quant.delta, cfg_quant.full_precision_ends,
-                 getattr(cfg_quant, "scale", "none"))
+                 cfg_quant.scale)
     else:
         decompress(model)
     return on

@@ -24,11 +24,12 @@ from tqdm import tqdm
 
 from . import __version__, quant
 from .analysis import firing_rates
-from .checkpoint import first_line, load_checkpoint, load_model, save_checkpoint, save_model
+from .checkpoint import (first_line, load_checkpoint, load_model, save_checkpoint, save_model,
+                         weights_epoch)
 from .config import Config, to_dict, to_flat
 from .data import DataSplits, Dataset, build_data, dataset_module
 from .data.transforms import AUGMENTATIONS, normalize, to_unit
-from .errors import CheckpointError, ConfigError, TwinsnnError
+from .errors import CheckpointError, ConfigError, Interrupted, TwinsnnError
 from .losses import Strategy, strategy_from_config
 from .models import build_model
 from .neurons import use_compiled_kernels
@@ -233,7 +234,7 @@ def fit(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
             raise ConfigError(f"{ckpt_path} was written by a different config; resume with "
                               "the same preset and --set values")
         start_epoch = resume_state["epoch"]
-        quant.set_compression(cohort.members[0], cfg.quant, start_epoch)
+        quant.set_compression(cohort.members[0], cfg.quant, weights_epoch(resume_state))
         if len(resume_state["members"]) != len(cohort.members):
             raise CheckpointError(f"{ckpt_path} holds {len(resume_state['members'])} members; "
                                   f"the config trains {len(cohort.members)}")
@@ -260,11 +261,15 @@ def fit(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
             compressed = quant.set_compression(cohort.members[0], cfg.quant, epoch)
             state = resume_state if resume_state and resume_state["epoch"] == epoch else None
             resume_state = None
+            mid_epoch = state is not None and state["step"] > 0
+            if compressed and epoch == cfg.quant.start_epoch and cfg.quant.lr_at_switch and not mid_epoch:
+                for group in cohort.optimizer.param_groups:  # StepLR decays on from here
+                    group["lr"] = cfg.quant.lr_at_switch
             t0 = time.perf_counter()
             stats = train_one_epoch(cfg, cohort, strategy, preprocess, train_x, train_y,
                                     epoch, device, state, interrupt, ckpt_path, progress)
             if stats is None:  # interrupted: a mid-epoch checkpoint was written
-                raise KeyboardInterrupt
+                raise Interrupted
             record = {"epoch": epoch, "lr": cohort.optimizer.param_groups[0]["lr"],
                       "compressed": compressed, **stats,
                       "epoch_time_s": round(time.perf_counter() - t0, 2)}
@@ -321,6 +326,21 @@ def _to_device(tree, device):
     return tree
 
 
+def _numerical_fault(what: str, epoch: int, step: int, ckpt_path: Path) -> TrainingError:
+    kept = (f"the last good checkpoint {ckpt_path} is kept" if ckpt_path.exists()
+            else "no checkpoint had been written yet")
+    return TrainingError(f"{what} at epoch {epoch} step {step}; {kept} (lower train.lr?)")
+
+
+def _check_weights(cohort: Cohort, epoch: int, step: int, ckpt_path: Path) -> None:
+    """Before a checkpoint is written: every weight and statistic is finite (a finite loss
+    does not prove it of the weights the last step produced)."""
+    for member in cohort.members:
+        for value in member.state_dict().values():
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise _numerical_fault("the weights are not finite", epoch, step, ckpt_path)
+
+
 def train_one_epoch(cfg: Config, cohort: Cohort, strategy: Strategy, preprocess: Preprocess,
                     train_x, train_y, epoch: int, device, state: dict | None,
                     interrupt: _Interrupt, ckpt_path: Path, progress: bool) -> dict | None:
@@ -354,13 +374,16 @@ def train_one_epoch(cfg: Config, cohort: Cohort, strategy: Strategy, preprocess:
         outputs = cohort.outputs(x)
         loss, parts = strategy(outputs, y)
         if not torch.isfinite(loss):
-            kept = (f"the last good checkpoint {ckpt_path} is kept" if ckpt_path.exists()
-                    else "no checkpoint had been written yet")
-            raise TrainingError(f"loss is {loss.item()} at epoch {epoch} step {step}; {kept} "
-                                "(lower train.lr?)")
+            raise _numerical_fault(f"loss is {loss.item()}", epoch, step, ckpt_path)
         cohort.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        cohort.optimizer.step()
+        try:
+            cohort.optimizer.step()
+        except torch.OutOfMemoryError:
+            raise
+        except RuntimeError as e:  # the update overflows float32 (an absurd train.lr)
+            raise _numerical_fault(f"the optimizer step failed ({first_line(e)})", epoch, step,
+                                   ckpt_path) from None
         if cfg.train.lr_step_unit == "batch":
             cohort.scheduler.step()
         with torch.no_grad():
@@ -379,11 +402,13 @@ def train_one_epoch(cfg: Config, cohort: Cohort, strategy: Strategy, preprocess:
                             acc=f"{sums['correct'][0].item() / sums['seen']:.3f}",
                             samples_s=f"{rate:.0f}")
         if interrupt.requested and step + 1 < steps:
+            _check_weights(cohort, epoch, step, ckpt_path)
             rng = {"torch": torch.get_rng_state(), "aug": aug.get_state()}
             save_checkpoint(ckpt_path, checkpoint_state(cfg, cohort, epoch, step + 1, rng, sums))
             bar.close()
             return None
     bar.close()
+    _check_weights(cohort, epoch, steps - 1, ckpt_path)
     seen = sums["seen"]
     stats = {"train_loss": sums["loss"].item() / seen,
              **{f"train_acc/{i}": sums["correct"][i].item() / seen for i in range(k)},

@@ -168,7 +168,7 @@ def read_cache(path: Path, key: dict) -> tuple[torch.Tensor, torch.Tensor] | Non
             payload = bytearray(y_bytes + x_bytes)
             if f.readinto(payload) != len(payload):
                 return None
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     if hashlib.sha256(payload).hexdigest() != header.get("sha256"):
         return None

@@ -1,0 +1,71 @@
+"""Delayed ternary compression inside the training loop, export and the packed round trip."""
+import json
+
+import pytest
+import torch
+
+from twinsnn.checkpoint import load_checkpoint
+from twinsnn.cli import main
+from twinsnn.config import load_config
+from twinsnn.data import fashion_mnist
+from twinsnn.evaluate import evaluate_file
+from twinsnn.export import size_report
+from twinsnn.train import fit
+
+
+def cfg_for(folder, out, **extra):
+    sets = {"data.dir": str(folder) if folder else None, "data.verify": folder is None,
+            "val_size": 40, "width": 0.0625, "batch_size": 32, "epochs": 2, "eval_batch_size": 500,
+            "out_dir": str(out), "train.compile": False, "quant.mode": "ternary",
+            "quant.start_epoch": 1, **extra}
+    return load_config("fmnist-cpu", sets)
+
+
+def test_only_the_base_is_compressed_and_only_from_start_epoch(tiny_fmnist, tmp_path):
+    cfg = cfg_for(tiny_fmnist, tmp_path, name="tna-t", strategy="tna", **{"quant.lr_at_switch": 0.002})
+    fit(cfg, progress=False)
+    metrics = [json.loads(l) for l in (tmp_path / "tna-t" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["compressed"] for m in metrics] == [False, True]
+    assert metrics[1]["lr"] == pytest.approx(0.002 * 0.928 ** (7 // 20), rel=1e-6)
+    state = load_checkpoint(tmp_path / "tna-t" / "checkpoint.pt")
+    base, twin = state["members"]
+    assert any(".parametrizations.weight.original" in k for k in base)
+    assert not any("parametrizations" in k for k in twin)
+    shipped = evaluate_file(tmp_path / "tna-t" / "model.safetensors", data_dir=str(tiny_fmnist))
+    from_ckpt = evaluate_file(tmp_path / "tna-t" / "checkpoint.pt", data_dir=str(tiny_fmnist))
+    assert shipped["confusion"] == from_ckpt["confusion"]
+
+
+def test_resume_across_the_switch(tiny_fmnist, tmp_path):
+    straight = cfg_for(tiny_fmnist, tmp_path, name="straight")
+    fit(straight, progress=False)
+    first = cfg_for(tiny_fmnist, tmp_path, name="split", epochs=1)
+    fit(first, progress=False)
+    # continue the same run for its second epoch: same config as `straight` but the name
+    import shutil
+    shutil.copytree(tmp_path / "split", tmp_path / "resumed")
+    state = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
+    resumed_cfg = cfg_for(tiny_fmnist, tmp_path, name="resumed")
+    from twinsnn.config import to_flat
+    state["config"] = to_flat(resumed_cfg)  # the same run, told to go on to epoch 2
+    torch.save(state, tmp_path / "resumed" / "checkpoint.pt")
+    (tmp_path / "resumed" / "model.safetensors").unlink()
+    fit(resumed_cfg, resume=True, progress=False)
+    a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")["members"][0]
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["members"][0]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.skipif(fashion_mnist.locate(None) is None, reason="real Fashion-MNIST not installed")
+def test_packed_model_matches_training_evaluation_on_the_real_test_set(tmp_path, capsys):
+    cfg = cfg_for(None, tmp_path, name="real", **{"data.train_limit": 512, "val_size": 500})
+    fit(cfg, progress=False)
+    tnn = tmp_path / "model.tnn"
+    assert main(["export", str(tmp_path / "real" / "checkpoint.pt"), "-o", str(tnn)]) == 0
+    assert "zero weights per compressed layer" in capsys.readouterr().out
+    packed = evaluate_file(tnn)
+    trained = evaluate_file(tmp_path / "real" / "checkpoint.pt")
+    assert packed["samples"] == 10000 and packed["confusion"] == trained["confusion"]
+    for row in size_report(tnn):
+        if row.mode == "ternary":
+            assert row.bits <= 2.1

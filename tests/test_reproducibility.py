@@ -1,0 +1,168 @@
+"""Deterministic training, numerical faults, unwritable outputs and interruption."""
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from test_cli import TINY, assert_one_line_error, twinsnn
+from twinsnn.checkpoint import atomic_write, load_checkpoint
+from twinsnn.config import load_config
+from twinsnn.errors import CheckpointError, TwinsnnError
+from twinsnn.train import TrainingError, fit
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """In-process runs on one thread, as the command-line tests run (OMP_NUM_THREADS=1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(data_dir, out_dir, name: str, **overrides):
+    """The fmnist-cpu preset shrunk to seconds: width 1/16, 2 epochs of 5 batches of 32."""
+    return load_config("fmnist-cpu", {
+        "data.dir": str(data_dir), "data.verify": False, "data.val_size": 40,
+        "model.width": 0.0625, "train.epochs": 2, "train.batch_size": 32,
+        "train.eval_batch_size": 100, "train.compile": False, "out_dir": str(out_dir),
+        "name": name, **overrides})
+
+
+def weights(run) -> dict:
+    return load_file(str(run / "model.safetensors"))
+
+
+def test_same_config_and_seed_give_bitwise_identical_weights(tmp_path, tiny_fmnist):
+    runs = tmp_path / "runs"
+    for name, seed in (("a", 0), ("b", 0), ("other-seed", 1)):
+        fit(tiny(tiny_fmnist, runs, name, **{"train.seed": seed}), progress=False)
+    a, b, other = (weights(runs / name) for name in ("a", "b", "other-seed"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], other[k]) for k in a if a[k].is_floating_point())
+    metrics = [(runs / name / "metrics.jsonl").read_text().splitlines() for name in ("a", "b")]
+    losses = [[json.loads(line)["train_loss"] for line in lines] for lines in metrics]
+    assert losses[0] == losses[1] and len(losses[0]) == 2
+    assert json.loads((runs / "a" / "run.json").read_text())["deterministic"] is True
+
+
+def test_nan_in_the_first_epoch_stops_without_writing_a_model(tmp_path, tiny_fmnist):
+    cfg = tiny(tiny_fmnist, tmp_path / "runs", "diverges", **{"train.lr": 1e37})
+    with pytest.raises(TrainingError, match=r"loss is (nan|inf) at epoch 0 step \d+") as err:
+        fit(cfg, progress=False)
+    assert "no checkpoint had been written yet" in str(err.value)
+    run = tmp_path / "runs" / "diverges"
+    assert not (run / "model.safetensors").exists() and not (run / "checkpoint.pt").exists()
+
+
+def test_nan_after_a_good_epoch_keeps_its_checkpoint(tmp_path, tiny_fmnist):
+    """Epoch 0 trains at a sane rate; the schedule then multiplies it by 1e38."""
+    cfg = tiny(tiny_fmnist, tmp_path / "runs", "diverges-later", **{
+        "train.lr_step_unit": "epoch", "train.lr_step_size": 1, "train.lr_gamma": 1e38})
+    run = tmp_path / "runs" / "diverges-later"
+    with pytest.raises(TrainingError, match=r"loss is (nan|inf) at epoch 1 step \d+") as err:
+        fit(cfg, progress=False)
+    assert f"the last good checkpoint {run / 'checkpoint.pt'} is kept" in str(err.value)
+    state = load_checkpoint(run / "checkpoint.pt")
+    assert state["epoch"] == 1 and state["step"] == 0
+    assert all(torch.isfinite(v).all() for v in state["members"][0].values()
+               if v.is_floating_point())
+    assert [json.loads(line)["epoch"] for line in
+            (run / "metrics.jsonl").read_text().splitlines()] == [0]
+    assert not (run / "model.safetensors").exists()
+
+
+def test_non_finite_weights_are_never_checkpointed(tmp_path, tiny_fmnist, monkeypatch):
+    """A step with a finite loss can still leave non-finite weights (an overflowing
+    gradient): the run stops before a checkpoint would hold them."""
+    adam_step, calls = torch.optim.Adam.step, []
+
+    def overflowing(self, *args, **kwargs):
+        result = adam_step(self, *args, **kwargs)
+        calls.append(None)
+        if len(calls) == 5:  # the last of epoch 0's 5 steps
+            self.param_groups[0]["params"][0].data.fill_(float("nan"))
+        return result
+
+    monkeypatch.setattr(torch.optim.Adam, "step", overflowing)
+    run = tmp_path / "runs" / "poisoned"
+    with pytest.raises(TrainingError, match="the weights are not finite at epoch 0 step 4"):
+        fit(tiny(tiny_fmnist, tmp_path / "runs", "poisoned"), progress=False)
+    assert not (run / "checkpoint.pt").exists() and not (run / "model.safetensors").exists()
+
+
+def test_nan_through_the_cli_is_one_line_naming_epoch_and_step(tmp_path, tiny_fmnist):
+    proc = twinsnn("train", "--data-dir", tiny_fmnist, *TINY, "--set", "train.lr=1e37",
+                   "--set", "train.compile=false", "--out-dir", tmp_path / "runs", "--quiet",
+                   cwd=tmp_path)
+    assert_one_line_error(proc, "epoch 0", "step", "lower train.lr")
+    assert not list((tmp_path / "runs").rglob("model.safetensors"))
+
+
+def test_unwritable_output_folder_is_refused_before_anything_loads(tmp_path):
+    """Under a regular file no folder can be made, even by root; the data folder does not
+    exist, so an error about the output proves nothing was loaded first."""
+    (tmp_path / "afile").write_text("not a folder")
+    out = tmp_path / "afile" / "runs"
+    cfg = tiny(tmp_path / "no-data", out, "run")
+    with pytest.raises(TwinsnnError, match="cannot write to run folder") as err:
+        fit(cfg, progress=False)
+    assert str(out / "run") in str(err.value)
+    proc = twinsnn("train", "--data-dir", tmp_path / "no-data", "--out-dir", out, cwd=tmp_path)
+    assert_one_line_error(proc, "cannot write to run folder", str(out))
+
+
+def test_failed_write_keeps_the_previous_file(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(b"previous")
+
+    def disk_full(tmp):
+        with open(tmp, "wb") as f:
+            f.write(b"half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(CheckpointError, match="No space left on device"):
+        atomic_write(path, disk_full)
+
+    def killed(tmp):
+        with open(tmp, "wb") as f:
+            f.write(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, killed)
+    assert path.read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_sigint_checkpoints_mid_epoch_and_resumes_bitwise(tmp_path, tiny_fmnist):
+    args = ["--data-dir", tiny_fmnist, *TINY, "--set", "epochs=2", "--set", "batch_size=8",
+            "--set", "train.compile=false", "--out-dir", tmp_path / "runs", "--quiet"]
+    twinsnn("train", *args, "--name", "straight", cwd=tmp_path, check_rc=0)
+    run = tmp_path / "runs" / "stopped"
+    proc = subprocess.Popen([sys.executable, "-m", "twinsnn", "train", *map(str, args), "--name",
+                             "stopped"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 200
+    while not (run / "run.json").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == (
+        "twinsnn: interrupted; a checkpoint was written, continue with --resume")
+    assert "Traceback" not in err
+    state = load_checkpoint(run / "checkpoint.pt")
+    assert (state["epoch"], state["step"]) < (2, 0)
+    twinsnn("train", *args, "--name", "stopped", "--resume", cwd=tmp_path, check_rc=0)
+    a, b = weights(tmp_path / "runs" / "straight"), weights(run)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
