@@ -6,8 +6,10 @@ and snnTorch, with identical weights, side by side.
 Each (width, mode, implementation) runs in a fresh subprocess: build the network(s), take
 ``--warmup`` untimed training steps (forward, backward, Adam), then ``--steps`` timed ones.
 Rounds interleave the configurations so that a slow stretch of the machine hits all of them.
-Peak memory is the peak resident set (VmHWM) of that subprocess above its resident set once
-the models, optimizer and input exist (the peak is reset there through /proc/self/clear_refs).
+Peak memory is the peak resident set (VmHWM) of that subprocess during the warm-up and timed
+steps, above its resident set once the models, optimizer and input exist and a first
+forward/backward on 2 samples has loaded every code path (the peak is reset there through
+/proc/self/clear_refs); it includes activations, gradients, Adam's state and workspaces.
 Before timing, a separate subprocess checks that the three implementations compute the same
 logits (and, where the model is the same, the same gradients) from the same weights.
 """
@@ -163,6 +165,11 @@ def time_config(impl: str, width: float, mode: str, batch_size: int, timesteps: 
         loss.backward()
         optimizer.step()
 
+    # a first forward/backward on 2 samples loads and compiles every code path (torch.compile
+    # kernels, oneDNN primitives) before the memory baseline, so it measures training alone
+    small = x[:2].contiguous(memory_format=memory_format)
+    cohort_loss([m(small) for m in models], y[:2], alpha).backward()
+    optimizer.zero_grad(set_to_none=True)
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     base_kib = _status_kib("VmRSS")
     for _ in range(warmup):

@@ -56,3 +56,14 @@ def test_defaults_are_the_papers():
     cfg = Config()
     assert (cfg.train.lr, cfg.train.batch_size, cfg.train.lr_gamma, cfg.train.epochs) == (0.01, 256, 0.928, 250)
     assert (cfg.model.timesteps, cfg.model.dropout, cfg.quant.delta, cfg.quant.start_epoch) == (5, 0.2, 0.1, 150)
+
+
+def test_extends_overlays_a_parent_and_refuses_cycles(tmp_path):
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: fmnist-paper\nname: mine\ntrain: {epochs: 3}\n")
+    cfg = load_config(str(child))
+    assert cfg.name == "mine" and cfg.train.epochs == 3 and cfg.train.batch_size == 256
+    loop = tmp_path / "loop.yaml"
+    loop.write_text(f"extends: {loop}\n")
+    with pytest.raises(ConfigError, match="cycles"):
+        load_config(str(loop))

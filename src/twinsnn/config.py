@@ -259,8 +259,9 @@ def preset_names() -> list[str]:
                   if p.name.endswith(".yaml"))
 
 
-def read_yaml(preset_or_path: str) -> dict:
-    """A preset name or a YAML file path -> flat dict of its keys."""
+def read_yaml(preset_or_path: str, _chain: tuple = ()) -> dict:
+    """A preset name or a YAML file path -> flat dict of its keys. A top-level
+    ``extends: <preset or file>`` loads that first and overlays this file's keys."""
     path = Path(preset_or_path)
     if preset_or_path in preset_names():
         text = resources.files("twinsnn.configs").joinpath(f"{preset_or_path}.yaml").read_text()
@@ -282,7 +283,13 @@ def read_yaml(preset_or_path: str) -> dict:
     except (yaml.YAMLError, ValueError, RecursionError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"{source}: not valid YAML ({first[:200]})") from None
-    return _flatten_yaml(tree, source)
+    flat = _flatten_yaml(tree, source)
+    parent = flat.pop("extends", None)
+    if parent is None:
+        return flat
+    if not isinstance(parent, str) or parent in _chain or len(_chain) > 8:
+        raise ConfigError(f"{source}: 'extends' must name another preset or file, without cycles")
+    return {**read_yaml(parent, _chain + (preset_or_path,)), **flat}
 
 
 def parse_overrides(pairs: list[str]) -> dict:
