@@ -105,7 +105,7 @@ def _final_weights(run: Path) -> dict:
 
 def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path, tiny_fmnist):
     args = ["--data-dir", tiny_fmnist, *TINY, "--set", "epochs=3", "--set", "batch_size=8",
-            "--out-dir", tmp_path / "runs", "--quiet"]
+            "--set", "train.compile=true", "--out-dir", tmp_path / "runs", "--quiet"]
     twinsnn("train", *args, "--name", "straight", cwd=tmp_path, check_rc=0)
     run = tmp_path / "runs" / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "twinsnn", "train", *map(str, args), "--name",
