@@ -201,15 +201,20 @@ def _check(key: str, value) -> None:
         raise ConfigError(f"model.dropout must be in [0, 1), got {value!r}")
 
 
+def coerce(key: str, value):
+    """``value`` converted to the type of config key ``key`` and range-checked."""
+    value = _coerce(key, value, leaf_keys()[key])
+    _check(key, value)
+    return value
+
+
 def from_flat(flat: dict) -> Config:
     """Build a validated ``Config`` from ``{"section.field": value}`` (missing keys: defaults)."""
-    keys = leaf_keys()
     sections: dict[str, dict] = {}
     top = {}
     for raw_key, value in flat.items():
         key = resolve_key(raw_key)
-        value = _coerce(key, value, keys[key])
-        _check(key, value)
+        value = coerce(key, value)
         if "." in key:
             section, name = key.split(".")
             sections.setdefault(section, {})[name] = value

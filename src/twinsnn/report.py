@@ -20,9 +20,12 @@ def load_run(run_dir: Path) -> dict:
         raise TwinsnnError(f"{run_dir} is not a run folder ({Path(e.filename).name} missing)") from None
     except json.JSONDecodeError as e:
         raise TwinsnnError(f"{run_dir}: unreadable run files ({e})") from None
-    flat = {f"{s}.{k}" if isinstance(v, dict) else s: v
-            for s, sec in info["config"].items()
-            for k, v in (sec.items() if isinstance(sec, dict) else [(None, sec)])}
+    flat = {}
+    for section, value in info["config"].items():
+        if isinstance(value, dict):
+            flat.update({f"{section}.{k}": v for k, v in value.items()})
+        else:
+            flat[section] = value
     return {"dir": str(run_dir), "config": flat, "metrics": metrics, "info": info}
 
 

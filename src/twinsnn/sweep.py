@@ -6,7 +6,7 @@ import itertools
 import json
 from pathlib import Path
 
-from .config import load_config, parse_overrides, resolve_key
+from .config import coerce, load_config, parse_overrides, resolve_key
 from .errors import ConfigError
 from .report import format_summary, load_run, summarize
 from .train import fit
@@ -19,7 +19,8 @@ def grid(sets: list[str], seeds: list[int]) -> list[dict]:
         key, sep, values = pair.partition("=")
         if not sep:
             raise ConfigError(f"--set {pair!r} is not key=value[,value...]")
-        axes[resolve_key(key.strip())] = [parse_overrides([f"k={v}"])["k"] for v in values.split(",")]
+        full = resolve_key(key.strip())
+        axes[full] = [coerce(full, parse_overrides([f"k={v}"])["k"]) for v in values.split(",")]
     axes["train.seed"] = seeds
     return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
 

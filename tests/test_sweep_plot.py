@@ -1,0 +1,40 @@
+"""Sweeps, summaries and plots over real (tiny) runs."""
+import json
+
+from twinsnn.cli import main
+from twinsnn.report import differing_keys, load_run
+from twinsnn.sweep import grid
+
+
+def test_grid_is_the_cartesian_product():
+    points = grid(["alpha=1e-3,1e-4", "train.lr=0.01,0.02"], [0, 1])
+    assert len(points) == 8
+    assert points[0] == {"loss.alpha": 1e-3, "train.lr": 0.01, "train.seed": 0}
+
+
+def test_sweep_trains_skips_finished_and_summarizes(tiny_fmnist, tmp_path, capsys):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(f"""extends: fmnist-cpu-tna
+name: tiny
+data: {{dir: {tiny_fmnist}, verify: false, val_size: 40}}
+model: {{width: 0.0625}}
+train: {{epochs: 1, batch_size: 32, eval_batch_size: 100, compile: false}}
+""")
+    args = ["sweep", "--config", str(cfg), "--set", "alpha=1e-2,1e-5", "--seeds", "0",
+            "--out-dir", str(tmp_path / "runs"), "--quiet"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert first.count(": training") == 2 and "best on validation" in first
+    assert main(args) == 0
+    assert capsys.readouterr().out.count("finished, skipped") == 2
+    rows = json.loads((tmp_path / "runs" / "tiny-sweep" / "summary.json").read_text())
+    assert {r["config"] for r in rows} == {"alpha=0.01", "alpha=1e-05"}
+    assert rows[0]["val_mean"] >= rows[1]["val_mean"]
+
+    runs = sorted((tmp_path / "runs").glob("tiny-alpha*"))
+    assert differing_keys([load_run(r) for r in runs]) == ["loss.alpha"]
+    png = tmp_path / "fig.png"
+    assert main(["plot", *map(str, runs), "-o", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert main(["report", *map(str, runs)]) == 0
+    assert "| alpha=0.01 | 1 |" in capsys.readouterr().out
