@@ -59,6 +59,7 @@ class TrainConfig:
     deterministic: typing.Optional[bool] = None  # None: on for CPU, off for CUDA
     eval_test: bool = False  # also report test accuracy every epoch (never used for choices)
     compile: bool = True  # run the LIF loops through torch.compile (same numbers, faster)
+    channels_last: bool = True  # NHWC memory format for the convolutions (faster on CPU)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from .config import from_flat
 from .data import build_data
 from .errors import CheckpointError, ConfigError
 from .neurons import use_compiled_kernels
-from .train import Preprocess, evaluate, resolve_device
+from .train import Preprocess, evaluate, memory_format, resolve_device
 
 
 def load_for_eval(path: Path, member: int = 0):
@@ -42,10 +42,10 @@ def evaluate_file(path: Path, member: int = 0, data_dir: str | None = None,
     dev = resolve_device(device)
     use_compiled_kernels(cfg.train.compile)
     data = build_data(cfg.data, cfg.model.timesteps)
-    model = model.to(dev).eval()
+    model = model.to(dev, memory_format=memory_format(cfg)).eval()
     dataset = data.test if split == "test" else data.val
-    result = evaluate(model, dataset, Preprocess(data, augment=False), cfg.train.eval_batch_size,
-                      dev, data.num_classes)
+    preprocess = Preprocess(data, False, cfg.train.channels_last)
+    result = evaluate(model, dataset, preprocess, cfg.train.eval_batch_size, dev, data.num_classes)
     return {"model": str(path), "member": member, "data": data.name, "split": split,
             "samples": len(dataset), "accuracy": result["acc"], "loss": result["loss"],
             "confusion": result["confusion"], "firing_rates": result["rates"]}

@@ -62,17 +62,20 @@ class Preprocess:
     """uint8 samples -> normalized float model input; augments when given a generator.
     Frames ``[B, T, C, H, W]`` leave time-major ``[T, B, C, H, W]``."""
 
-    def __init__(self, data: DataSplits, augment: bool):
+    def __init__(self, data: DataSplits, augment: bool, channels_last: bool = False):
         source = dataset_module(data.name)
         self.mean, self.std = data.mean, data.std
         self.augmentation = AUGMENTATIONS[source.AUGMENTATION] if augment else None
+        self.channels_last = channels_last
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None):
         x = to_unit(x)
         if generator is not None and self.augmentation is not None:
             x = self.augmentation(x, generator)
         x = normalize(x, self.mean, self.std)
-        return x.transpose(0, 1) if x.dim() == 5 else x
+        if x.dim() == 5:
+            return x.transpose(0, 1)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
 def model_kwargs(cfg: Config, data: DataSplits) -> dict:
@@ -125,20 +128,25 @@ class Cohort:
         return outs
 
 
+def memory_format(cfg: Config) -> torch.memory_format:
+    """channels-last (NHWC) convolutions are faster on CPU for these layer sizes."""
+    return torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+
+
 def build_cohort(cfg: Config, data: DataSplits, strategy: Strategy, device) -> Cohort:
     kwargs = model_kwargs(cfg, data)
     seeds = [member_seed(cfg.train.seed, i) for i in range(strategy.trainable)]
     members = []
     for seed in seeds:
         torch.manual_seed(seed)
-        members.append(build_model(**kwargs).to(device))
+        members.append(build_model(**kwargs).to(device, memory_format=memory_format(cfg)))
     teacher = None
     if strategy.uses_teacher:
         teacher, meta = load_model(Path(cfg.loss.teacher))
         if meta["model"] != kwargs:
             raise ConfigError(f"teacher {cfg.loss.teacher} is a different network "
                               f"({meta['model']}) than the student ({kwargs})")
-        teacher = teacher.to(device).requires_grad_(False)
+        teacher = teacher.to(device, memory_format=memory_format(cfg)).requires_grad_(False)
     params = [p for m in members for p in m.parameters()]
     optimizer = torch.optim.Adam(params, lr=cfg.train.lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.train.lr_step_size,
@@ -224,7 +232,7 @@ def fit(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
     strategy = strategy_from_config(cfg.loss)
     data = build_data(cfg.data, cfg.model.timesteps)
     cohort = build_cohort(cfg, data, strategy, device)
-    preprocess = Preprocess(data, cfg.data.augment)
+    preprocess = Preprocess(data, cfg.data.augment, cfg.train.channels_last)
     train_x, train_y = data.train.x.to(device), data.train.y.to(device)
 
     start_epoch, resume_state = 0, None
