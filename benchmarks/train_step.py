@@ -16,6 +16,8 @@ logits (and, where the model is the same, the same gradients) from the same weig
 from __future__ import annotations
 
 import argparse
+import copy
+import ctypes
 import json
 import os
 import platform
@@ -148,9 +150,20 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+def retain_freed_memory() -> None:
+    """glibc malloc: serve large blocks from the heap (no mmap) and never trim it, so a
+    training step reuses the pages the previous step freed instead of mapping and zero-filling
+    new ones for every large activation."""
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(-4, 0)  # M_MMAP_MAX
+    libc.mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD
+
+
 def time_config(impl: str, width: float, mode: str, batch_size: int, timesteps: int,
-                warmup: int, steps: int, alpha: float) -> dict:
+                warmup: int, steps: int, alpha: float, malloc: str) -> dict:
     """Time ``steps`` training steps of one configuration in this (fresh) process."""
+    if malloc == "retain":
+        retain_freed_memory()
     models, memory_format = build(impl, width, timesteps, 2 if mode == "tna" else 1)
     for m in models:
         m.train()
@@ -201,8 +214,12 @@ def check_config(width: float, batch_size: int, timesteps: int) -> dict:
             if isinstance(m, TimeSharedDropout):
                 m.p = 0.0
         peers = {name: cls(ref).to(dtype) for name, cls in PEERS.items()}
+        nchw = copy.deepcopy(ref).to(memory_format=torch.contiguous_format)
         ref_eval = ref.eval()(xd)
         ref_train = ref.train()(xd)
+        # the same twinsnn net in NCHW: what float rounding alone does to training-mode logits
+        result[f"twinsnn_nchw/{tag}"] = {"train_logits": _maxdiff(nchw.train()(x.to(dtype)),
+                                                                  ref_train)}
         F.cross_entropy(ref_train, y).backward()
         for name, peer in peers.items():
             row = {"eval_logits": _maxdiff(peer.eval()(xd), ref_eval)}
@@ -354,7 +371,12 @@ def main(argv=None) -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--alpha", type=float, default=1.0, help="TNA logit-matching weight")
     p.add_argument("--no-check", action="store_true", help="skip the forward-agreement check")
+    p.add_argument("--malloc", choices=("default", "retain"), default="retain",
+                   help="glibc malloc as is, or keeping freed memory (retain_freed_memory); "
+                        "applies to every implementation alike")
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks.json"))
+    p.add_argument("--label", default="main", help="key of this run in the --out file; runs "
+                   "under other labels there are kept")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -391,7 +413,7 @@ def main(argv=None) -> None:
             res = _run_worker({"kind": "time", "impl": c[2], "width": c[0], "mode": c[1],
                                "batch_size": args.batch, "timesteps": args.timesteps,
                                "warmup": args.warmup, "steps": args.steps,
-                               "alpha": args.alpha})
+                               "alpha": args.alpha, "malloc": args.malloc})
             records[c]["step_s"] += res["step_s"]
             records[c]["peak_mib"].append(res["peak_mib"])
             print(f"round {round_ + 1}: width {c[0]} {c[1]:6s} {c[2]:12s} "
@@ -408,11 +430,13 @@ def main(argv=None) -> None:
     print()
     for key, value in ratio.items():
         print(f"{key}: {value:.2f}")
+    runs = json.loads(args.out.read_text()) if args.out.exists() else {}
+    runs[args.label] = {"machine": info, "batch": args.batch, "timesteps": args.timesteps,
+                        "malloc": args.malloc, "checks": checks, "results": rows,
+                        "ratios": ratio}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": info, "batch": args.batch,
-                                    "timesteps": args.timesteps, "checks": checks,
-                                    "results": rows, "ratios": ratio}, indent=1) + "\n")
-    print(f"\nwrote {args.out}")
+    args.out.write_text(json.dumps(runs, indent=1) + "\n")
+    print(f"\nwrote {args.out} [{args.label}]")
 
 
 if __name__ == "__main__":

@@ -84,8 +84,8 @@ def use_compiled_kernels(flag: bool) -> None:
 def _rows(x: torch.Tensor, order: list[int]) -> torch.Tensor:
     """``[T, ...] -> [T, N]`` with the per-step dims taken in ``order`` (a view when that is
     their memory order)."""
-    rows = x.permute(0, *order).reshape(x.shape[0], -1)
-    torch._dynamo.maybe_mark_dynamic(rows, 1)
+    rows = x.permute(0, *order).reshape(x.shape[0], -1).detach()  # detach: not a view, so
+    torch._dynamo.maybe_mark_dynamic(rows, 1)  # the compiled kernels never guard on its base
     return rows
 
 
