@@ -92,8 +92,8 @@ def test_cifar10_dvs_cpu_run_end_to_end(tmp_path):
 
 PAPER = {"width": 1.0, "timesteps": 5, "batch_size": 256, "lr": 0.01, "lr_gamma": 0.928,
          "lr_step_size": 1, "lr_step_unit": "epoch", "epochs": 250}
-CPU = {"width": 0.125, "timesteps": 5, "batch_size": 128, "lr": 0.005, "lr_gamma": 0.928,
-       "lr_step_size": 20, "lr_step_unit": "batch"}
+CPU = {"width": 0.125, "timesteps": 5, "batch_size": 64, "lr": 0.002, "lr_gamma": 0.928,
+       "lr_step_size": 100, "lr_step_unit": "batch"}  # as fmnist-cpu
 
 
 @pytest.mark.parametrize("name,data,dropout,scale,alpha", [
