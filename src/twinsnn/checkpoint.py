@@ -59,7 +59,12 @@ def atomic_write(path: Path, write) -> None:
             raise CheckpointError(f"cannot write {path} ({e.strerror or first_line(e)}); "
                                   "any previous version of it is kept") from None
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable."""
+    dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checkpoint import fsync_dir
 from ..errors import ConfigError, DataError
 from .cifar import looked_in
 from .idx import read_at_most
@@ -199,11 +200,7 @@ def write_cache(path: Path, key: dict, x: np.ndarray, y: np.ndarray) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(path.parent)
 
 
 def default_cache_dir(root: Path) -> Path:
