@@ -1,6 +1,7 @@
 """Training-step throughput of twinsnn's CIFARNet for a few batch sizes and settings.
 
     python -m benchmarks.step_throughput --batches 32,64,128 [--eager] [--channels-last]
+        [--malloc default|retain]
 
 Random 28x28 single-channel input, width 0.125, T=5, Adam; 3 warm-up steps, then about 1,280
 samples timed. Used to pick the CPU presets' batch size and the execution options.
@@ -14,6 +15,7 @@ import torch
 
 from twinsnn.models import cifarnet
 from twinsnn.neurons import use_compiled_kernels
+from twinsnn.runtime import retain_freed_memory
 
 
 def samples_per_s(batch: int, channels_last: bool, width: float) -> float:
@@ -45,11 +47,16 @@ def main() -> None:
     p.add_argument("--width", type=float, default=0.125)
     p.add_argument("--eager", action="store_true", help="LIF without torch.compile")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--malloc", choices=("default", "retain"), default="retain",
+                   help="glibc malloc as is, or as the trainer sets it (retain_freed_memory)")
     args = p.parse_args()
+    if args.malloc == "retain":
+        retain_freed_memory()
     use_compiled_kernels(not args.eager)
     for batch in map(int, args.batches.split(",")):
         rate = samples_per_s(batch, args.channels_last, args.width)
-        print(f"batch {batch} compiled={not args.eager} channels_last={args.channels_last}: "
+        print(f"batch {batch} compiled={not args.eager} channels_last={args.channels_last} "
+              f"malloc={args.malloc}: "
               f"{rate:.0f} samples/s", flush=True)
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import ctypes
 import json
 import os
 import platform
@@ -29,6 +28,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from twinsnn.runtime import retain_freed_memory
 
 PEER_IMPLS = ("spikingjelly", "snntorch")
 # twinsnn as its trainer runs it, and ablations that each undo one optimization
@@ -148,15 +149,6 @@ def _status_kib(field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def retain_freed_memory() -> None:
-    """glibc malloc: serve large blocks from the heap (no mmap) and never trim it, so a
-    training step reuses the pages the previous step freed instead of mapping and zero-filling
-    new ones for every large activation."""
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallopt(-4, 0)  # M_MMAP_MAX
-    libc.mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD
 
 
 def time_config(impl: str, width: float, mode: str, batch_size: int, timesteps: int,

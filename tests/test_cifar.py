@@ -176,7 +176,8 @@ def test_extracted_folder_matches_archive(tmp_path, small_archive, monkeypatch):
         assert torch.equal(train.x, from_archive[0].x) and torch.equal(test.y, from_archive[1].y)
     monkeypatch.setenv("TWINSNN_DATA", str(tmp_path))  # found in a subfolder of $TWINSNN_DATA
     assert len(SMALL10.load(DataConfig(), None)[0]) == 10
-    assert "MD5 ok" in SMALL10.check(DataConfig(dir=str(extracted)))
+    ok, report = SMALL10.check(DataConfig(dir=str(extracted)))
+    assert ok and "MD5 ok" in report
 
 
 def test_wrong_archive_checksum_names_file_and_expected(tmp_path):
@@ -185,8 +186,8 @@ def test_wrong_archive_checksum_names_file_and_expected(tmp_path):
     with pytest.raises(DataError) as err:
         cifar.CIFAR10.load(DataConfig(dir=str(tmp_path)), None)
     assert str(path) in str(err.value) and "c58f30108f718f92721af3b95e74349a" in str(err.value)
-    report = cifar.CIFAR10.check(DataConfig(dir=str(tmp_path)))
-    assert "FAILED" in report and "c58f30108f718f92721af3b95e74349a" in report
+    ok, report = cifar.CIFAR10.check(DataConfig(dir=str(tmp_path)))
+    assert not ok and "FAILED" in report and "c58f30108f718f92721af3b95e74349a" in report
 
 
 def test_corrupt_extracted_batch_names_file_and_expected(tmp_path, small_archive):
@@ -294,8 +295,8 @@ def test_not_found_says_how_to_get_it(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="CIFAR-100 not found") as err:
         cifar.CIFAR100.load(DataConfig(dir=str(tmp_path)), None)
     assert "cifar-100-python.tar.gz" in str(err.value) and str(tmp_path) in str(err.value)
-    report = cifar.CIFAR100.check(DataConfig(dir=str(tmp_path)))
-    assert str(tmp_path) in report and "not found" in report
+    ok, report = cifar.CIFAR100.check(DataConfig(dir=str(tmp_path)))
+    assert not ok and str(tmp_path) in report and "not found" in report
 
 
 def test_download_is_verified_then_renamed(tmp_path, monkeypatch):

@@ -60,11 +60,11 @@ def test_cifar10_wrong_checksum_is_one_line(tmp_path, cifar10_dir):
 
 def test_data_check_reports_the_mismatch(tmp_path, cifar10_dir):
     out = twinsnn("data", "check", "cifar10", "--data-dir", cifar10_dir, cwd=tmp_path,
-                  check_rc=0).stdout
+                  check_rc=2).stdout
     assert f"found archive {cifar10_dir / cifar.CIFAR10.archive}" in out
     assert "FAILED" in out and "MD5 is" in out and OFFICIAL_MD5 in out
     out = twinsnn("data", "check", "cifar100", "--data-dir", tmp_path / "none", cwd=tmp_path,
-                  check_rc=0).stdout
+                  check_rc=2).stdout
     assert f"{tmp_path / 'none'} (missing)" in out and "cifar-100-python.tar.gz" in out
 
 

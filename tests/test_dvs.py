@@ -207,8 +207,8 @@ def test_bad_recording_names_the_file(dvs_root, tmp_path, case):
     with pytest.raises(DataError) as err:
         cifar10_dvs.load(cfg(dvs_root, tmp_path, resolution=16), 3)
     assert str(victim) in str(err.value)
-    report = cifar10_dvs.check(DataConfig(dir=str(dvs_root)))
-    assert f"FAILED: {victim}" in report and "99 of 100 recordings" in report
+    ok, report = cifar10_dvs.check(DataConfig(dir=str(dvs_root)))
+    assert not ok and f"FAILED: {victim}" in report and "99 of 100 recordings" in report
 
 
 def test_bogus_huge_file_is_refused_unread(dvs_root, tmp_path):
@@ -235,8 +235,8 @@ def test_missing_class_and_not_found(tmp_path, monkeypatch):
 
 
 def test_check_report(dvs_root):
-    report = cifar10_dvs.check(DataConfig(dir=str(dvs_root.parent)))
-    assert f"found {dvs_root}" in report and "airplane 10" in report
+    ok, report = cifar10_dvs.check(DataConfig(dir=str(dvs_root.parent)))
+    assert ok and f"found {dvs_root}" in report and "airplane 10" in report
     assert "100 of 100 recordings are valid" in report and "1000 per class" in report
 
 

@@ -103,3 +103,14 @@ def test_real_fashion_mnist_checksums_and_sizes():
     assert torch.bincount(data.test.y).tolist() == [1000] * 10
     mean = data.train.x.float().div(255).mean().item()
     assert abs(mean - fashion_mnist.MEAN[0]) < 2e-3
+
+
+def test_check_passes_intact_files_and_fails_a_corrupt_one(tiny_fmnist):
+    ok, report = fashion_mnist.check(DataConfig(dir=str(tiny_fmnist), verify=False))
+    assert ok and f"found in {tiny_fmnist}" in report and "(60, 28, 28)" in report
+    ok, report = fashion_mnist.check(DataConfig(dir=str(tiny_fmnist)))  # not the official bytes
+    assert not ok and "FAILED" in report and "SHA-256" in report
+    victim = tiny_fmnist / fashion_mnist.FILES["test_labels"][0]
+    victim.write_bytes(victim.read_bytes()[:-5])
+    ok, report = fashion_mnist.check(DataConfig(dir=str(tiny_fmnist), verify=False))
+    assert not ok and f"{victim.name}: FAILED" in report

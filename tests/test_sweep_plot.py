@@ -2,6 +2,7 @@
 import json
 
 from twinsnn.cli import main
+from twinsnn.evaluate import evaluate_file
 from twinsnn.report import differing_keys, load_run
 from twinsnn.sweep import grid
 
@@ -25,11 +26,19 @@ train: {{epochs: 1, batch_size: 32, eval_batch_size: 100, compile: false}}
     assert main(args) == 0
     first = capsys.readouterr().out
     assert first.count(": training") == 2 and "best on validation" in first
-    assert main(args) == 0
+    assert "test_mean" not in json.loads((tmp_path / "runs" / "tiny-sweep" / "summary.json")
+                                         .read_text())[0]
+    assert main(args + ["--test"]) == 0
     assert capsys.readouterr().out.count("finished, skipped") == 2
     rows = json.loads((tmp_path / "runs" / "tiny-sweep" / "summary.json").read_text())
     assert {r["config"] for r in rows} == {"alpha=0.01", "alpha=1e-05"}
     assert rows[0]["val_mean"] >= rows[1]["val_mean"]
+    for row in rows:  # the test accuracy is the model file's, evaluated once after training
+        run = tmp_path / "runs" / ("tiny-alpha0.01-seed0" if row["config"] == "alpha=0.01"
+                                   else "tiny-alpha1e-05-seed0")
+        report = evaluate_file(run / "model.safetensors", split="test")
+        assert row["test_per_seed"] == [report["accuracy"]]
+        assert json.loads((run / "test.json").read_text())["samples"] == report["samples"]
 
     runs = sorted((tmp_path / "runs").glob("tiny-alpha*"))
     assert differing_keys([load_run(r) for r in runs]) == ["loss.alpha"]

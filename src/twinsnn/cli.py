@@ -49,8 +49,10 @@ def _config_from_args(args):
 
 
 def cmd_train(args) -> int:
+    from .runtime import retain_freed_memory
     from .train import fit
     cfg = _config_from_args(args)
+    retain_freed_memory()
     record = fit(cfg, resume=args.resume, progress=not args.quiet)
     run_dir = Path(cfg.out_dir) / cfg.name
     print(f"finished {cfg.name}: val acc {record.get('val_acc/0', float('nan')):.4f}; "
@@ -73,8 +75,10 @@ def cmd_eval(args) -> int:
 def cmd_data_check(args) -> int:
     from .config import DataConfig
     from .data import dataset_module
-    print(dataset_module(args.dataset).check(DataConfig(name=args.dataset, dir=args.data_dir)))
-    return 0
+    ok, report = dataset_module(args.dataset).check(DataConfig(name=args.dataset,
+                                                               dir=args.data_dir))
+    print(report)
+    return 0 if ok else 2
 
 
 def cmd_export(args) -> int:
@@ -94,9 +98,12 @@ def cmd_export(args) -> int:
 
 
 def cmd_sweep(args) -> int:
+    from .runtime import retain_freed_memory
     from .sweep import sweep
     seeds = [int(s) for s in args.seeds.split(",")]
-    sweep(args.config, args.overrides, seeds, args.out_dir, progress=not args.quiet)
+    retain_freed_memory()
+    sweep(args.config, args.overrides, seeds, args.out_dir, progress=not args.quiet,
+          test=args.test)
     return 0
 
 
@@ -159,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="KEY=V1,V2,...", help="a key and the values to sweep (repeatable)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
     p.add_argument("--out-dir", help="where run folders go (default: the preset's)")
+    p.add_argument("--test", action="store_true",
+                   help="evaluate each finished model once on the test split for the summary "
+                        "(test.json); the best config is still chosen on validation")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sweep)
 

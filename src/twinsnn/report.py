@@ -26,7 +26,9 @@ def load_run(run_dir: Path) -> dict:
             flat.update({f"{section}.{k}": v for k, v in value.items()})
         else:
             flat[section] = value
-    return {"dir": str(run_dir), "config": flat, "metrics": metrics, "info": info}
+    test_file = run_dir / "test.json"
+    test = json.loads(test_file.read_text()) if test_file.exists() else {}
+    return {"dir": str(run_dir), "config": flat, "metrics": metrics, "info": info, "test": test}
 
 
 def differing_keys(runs: list[dict]) -> list[str]:
@@ -51,7 +53,8 @@ def summarize(runs: list[dict], by_seed: str = "train.seed") -> list[dict]:
     for name, members in groups.items():
         row = {"config": name, "seeds": [r["config"].get(by_seed) for r in members]}
         for split in ("val", "test"):
-            accs = [r["metrics"][-1].get(f"{split}_acc/0") for r in members]
+            accs = [r["metrics"][-1].get(f"{split}_acc/0", r["test"].get("accuracy")
+                                             if split == "test" else None) for r in members]
             if all(a is not None for a in accs):
                 row[f"{split}_mean"] = statistics.fmean(accs)
                 row[f"{split}_std"] = statistics.stdev(accs) if len(accs) > 1 else 0.0

@@ -6,9 +6,11 @@ import itertools
 import json
 from pathlib import Path
 
+from .checkpoint import atomic_write
 from .config import coerce, load_config, parse_overrides, resolve_key
 from .errors import ConfigError
 from .report import format_summary, load_run, summarize
+from .evaluate import evaluate_file
 from .train import fit
 
 
@@ -29,8 +31,18 @@ def run_name(prefix: str, point: dict) -> str:
     return prefix + "".join(f"-{k.split('.')[-1]}{v}" for k, v in point.items())
 
 
+def final_test(run_dir: Path) -> None:
+    """Evaluate a finished run's model once on the test split into ``test.json`` (read by the
+    summaries; never by a choice, which stays on validation)."""
+    path = run_dir / "test.json"
+    if not path.exists():
+        report = evaluate_file(run_dir / "model.safetensors", split="test")
+        text = json.dumps({k: report[k] for k in ("split", "samples", "accuracy", "loss")}) + "\n"
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
 def sweep(config: str, sets: list[str], seeds: list[int], out_dir: str | None = None,
-          progress: bool = True) -> list[dict]:
+          progress: bool = True, test: bool = False) -> list[dict]:
     base = load_config(config)
     out = out_dir or base.out_dir
     dirs = []
@@ -44,6 +56,9 @@ def sweep(config: str, sets: list[str], seeds: list[int], out_dir: str | None = 
             continue
         print(f"{name}: training")
         fit(cfg, resume=(run_dir / "checkpoint.pt").exists(), progress=progress)
+    if test:
+        for run_dir in dirs:
+            final_test(run_dir)
     rows = summarize([load_run(d) for d in dirs])
     summary_dir = Path(out) / f"{base.name}-sweep"
     summary_dir.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,8 @@
     NUM_CLASSES, MEAN, STD                      (per-channel statistics of pixels in [0, 1])
     AUGMENTATION                                a key of transforms.AUGMENTATIONS
     load(cfg: DataConfig, timesteps) -> (train, test, provenance: dict)  in-memory ``Dataset``s
-    check(cfg: DataConfig) -> str               where it looked, what it found, how to get it
+    check(cfg: DataConfig) -> (bool, str)       usable?, and where it looked, what it found,
+                                                how to get it
 
 and ``build_data`` adds the seeded validation split.
 """

@@ -325,21 +325,22 @@ class Cifar:
         train, test = self.read(source, cfg.verify)
         return train, test, {"data_path": str(source)}
 
-    def check(self, cfg) -> str:
-        """A report: where it looked, what it found, whether checksums and contents are right."""
+    def check(self, cfg) -> tuple[bool, str]:
+        """(usable, report): where it looked, what it found, whether checksums and contents
+        are right."""
         lines = [f"{self.title}: looked in {self._looked(cfg.dir)}"]
         source = self.locate(cfg.dir)
         if source is None:
-            return "\n".join(lines + [f"  not found; {self.how_to_get}"])
+            return False, "\n".join(lines + [f"  not found; {self.how_to_get}"])
         lines.append(f"  found {'folder' if source.is_dir() else 'archive'} {source}")
         try:
             train, test = self.read(source, cfg.verify)
         except DataError as e:
-            return "\n".join(lines + [f"  FAILED: {e}"])
+            return False, "\n".join(lines + [f"  FAILED: {e}"])
         checked = "MD5 ok" if cfg.verify else "MD5 not checked (data.verify=false)"
         lines.append(f"  {checked}; train {tuple(train.x.shape)}, test {tuple(test.x.shape)}, "
                      f"labels in [0, {self.NUM_CLASSES})")
-        return "\n".join(lines)
+        return True, "\n".join(lines)
 
 
 CIFAR10 = Cifar(

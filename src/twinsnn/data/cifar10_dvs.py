@@ -247,17 +247,18 @@ def load(cfg, timesteps: int):
             provenance)
 
 
-def check(cfg) -> str:
-    """A report: where it looked, the recordings per class, and every file that fails to parse."""
+def check(cfg) -> tuple[bool, str]:
+    """(usable, report): where it looked, the recordings per class, and every file that fails
+    to parse. Usable when every file parses and every class has recordings."""
     lines = [f"CIFAR10-DVS: looked in {_looked(cfg.dir)}"]
     root = locate(cfg.dir)
     if root is None:
-        return "\n".join(lines + [f"  not found; {HOW_TO_GET}"])
+        return False, "\n".join(lines + [f"  not found; {HOW_TO_GET}"])
     lines.append(f"  found {root}")
     try:
         files = recordings(root)
     except DataError as e:
-        return "\n".join(lines + [f"  FAILED: {e}"])
+        return False, "\n".join(lines + [f"  FAILED: {e}"])
     counts = np.bincount([label for _, label in files], minlength=NUM_CLASSES)
     per_class = ", ".join(f"{c} {n}" for c, n in zip(CLASSES, counts))
     lines.append(f"  recordings per class: {per_class}")
@@ -271,4 +272,4 @@ def check(cfg) -> str:
             bad.append(f"  FAILED: {e}")
     lines += bad
     lines.append(f"  {len(files) - len(bad)} of {len(files)} recordings are valid AEDAT 2.0")
-    return "\n".join(lines)
+    return not bad and all(counts), "\n".join(lines)

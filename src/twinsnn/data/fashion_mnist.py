@@ -95,12 +95,12 @@ def load(cfg, timesteps: int | None = None):
     return train, test, {"data_folder": str(folder)}
 
 
-def check(cfg) -> str:
-    """A report: where it looked, which files it found, whether their checksums match."""
+def check(cfg) -> tuple[bool, str]:
+    """(usable, report): where it looked, which files it found, whether their checksums match."""
     lines = [f"Fashion-MNIST: looked in {_looked(cfg.dir)}"]
     folder = locate(cfg.dir)
     if folder is None:
-        return "\n".join(lines + [f"  not found; {HOW_TO_GET}"])
+        return False, "\n".join(lines + [f"  not found; {HOW_TO_GET}"])
     lines.append(f"  found in {folder}")
     ok = True
     for name, sha in FILES.values():
@@ -111,4 +111,4 @@ def check(cfg) -> str:
             ok = False
             lines.append(f"  {name}: FAILED: {e}")
     lines.append("  all files verified" if ok else f"  some files failed; {HOW_TO_GET}")
-    return "\n".join(lines)
+    return ok, "\n".join(lines)
