@@ -3,7 +3,7 @@ import json
 
 from twinsnn.cli import main
 from twinsnn.evaluate import evaluate_file
-from twinsnn.report import differing_keys, load_run
+from twinsnn.report import differing_keys, load_run, summarize
 from twinsnn.sweep import grid
 
 
@@ -47,3 +47,15 @@ train: {{epochs: 1, batch_size: 32, eval_batch_size: 100, compile: false}}
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert main(["report", *map(str, runs)]) == 0
     assert "| alpha=0.01 | 1 |" in capsys.readouterr().out
+
+
+def test_summary_pools_seeds_of_one_config():
+    def run(seed, val, test):
+        return {"dir": f"runs/net-seed{seed}", "test": {"accuracy": test},
+                "config": {"name": f"net-seed{seed}", "train.seed": seed, "loss.alpha": 1e-4},
+                "metrics": [{"val_acc/0": 0.5}, {"val_acc/0": val}]}
+
+    [row] = summarize([run(0, 0.80, 0.70), run(1, 0.90, 0.74), run(2, 0.85, 0.72)])
+    assert row["config"] == "net" and row["seeds"] == [0, 1, 2] and row["epochs"] == [2, 2, 2]
+    assert row["val_per_seed"] == [0.80, 0.90, 0.85] and abs(row["val_mean"] - 0.85) < 1e-12
+    assert abs(row["val_std"] - 0.05) < 1e-12 and abs(row["test_mean"] - 0.72) < 1e-12

@@ -48,7 +48,10 @@ def summarize(runs: list[dict], by_seed: str = "train.seed") -> list[dict]:
     groups: dict[str, list[dict]] = {}
     for run in runs:
         if run["metrics"]:
-            groups.setdefault(label(run, keys), []).append(run)
+            # seeds alone differ: one group, named by the run folder without its seed suffix
+            name = label(run, keys) if keys else Path(run["dir"]).name.removesuffix(
+                f"-seed{run['config'].get(by_seed)}")
+            groups.setdefault(name, []).append(run)
     rows = []
     for name, members in groups.items():
         row = {"config": name, "seeds": [r["config"].get(by_seed) for r in members]}
