@@ -56,8 +56,7 @@ def main() -> None:
     for batch in map(int, args.batches.split(",")):
         rate = samples_per_s(batch, args.channels_last, args.width)
         print(f"batch {batch} compiled={not args.eager} channels_last={args.channels_last} "
-              f"malloc={args.malloc}: "
-              f"{rate:.0f} samples/s", flush=True)
+              f"malloc={args.malloc}: {rate:.0f} samples/s", flush=True)
 
 
 if __name__ == "__main__":

@@ -41,23 +41,27 @@ def label(run: dict, keys: list[str]) -> str:
     return ", ".join(f"{k.split('.')[-1]}={run['config'].get(k)}" for k in keys) or Path(run["dir"]).name
 
 
+def final_accuracy(run: dict, split: str) -> float | None:
+    """The base's accuracy on ``split`` after the last epoch: from ``metrics.jsonl``, or for
+    the test split from ``test.json`` (``twinsnn sweep --test``); None if neither has it."""
+    last = run["metrics"][-1].get(f"{split}_acc/0")
+    return run["test"].get("accuracy") if last is None and split == "test" else last
+
+
 def summarize(runs: list[dict], by_seed: str = "train.seed") -> list[dict]:
     """One row per config (seeds pooled): final val (and test) accuracy of the base, mean,
-    std and per seed, sorted by mean validation accuracy (best first)."""
+    std and per seed, sorted by mean validation accuracy (best first). When only seeds differ,
+    the one row is named after the run folder without its ``-seed<N>`` suffix."""
     keys = [k for k in differing_keys(runs) if k != by_seed]
     groups: dict[str, list[dict]] = {}
-    for run in runs:
-        if run["metrics"]:
-            # seeds alone differ: one group, named by the run folder without its seed suffix
-            name = label(run, keys) if keys else Path(run["dir"]).name.removesuffix(
-                f"-seed{run['config'].get(by_seed)}")
-            groups.setdefault(name, []).append(run)
+    for run in (r for r in runs if r["metrics"]):
+        seedless = Path(run["dir"]).name.removesuffix(f"-seed{run['config'].get(by_seed)}")
+        groups.setdefault(label(run, keys) if keys else seedless, []).append(run)
     rows = []
     for name, members in groups.items():
         row = {"config": name, "seeds": [r["config"].get(by_seed) for r in members]}
         for split in ("val", "test"):
-            accs = [r["metrics"][-1].get(f"{split}_acc/0", r["test"].get("accuracy")
-                                             if split == "test" else None) for r in members]
+            accs = [final_accuracy(r, split) for r in members]
             if all(a is not None for a in accs):
                 row[f"{split}_mean"] = statistics.fmean(accs)
                 row[f"{split}_std"] = statistics.stdev(accs) if len(accs) > 1 else 0.0

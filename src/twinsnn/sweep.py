@@ -9,8 +9,8 @@ from pathlib import Path
 from .checkpoint import atomic_write
 from .config import coerce, load_config, parse_overrides, resolve_key
 from .errors import ConfigError
-from .report import format_summary, load_run, summarize
 from .evaluate import evaluate_file
+from .report import format_summary, load_run, summarize
 from .train import fit
 
 
