@@ -46,6 +46,8 @@ def test_help_explains_the_commands(tmp_path):
     (["train", "--set", "train.lr=0"], ["train.lr must be positive"]),
     (["train", "--set", "batch_size=-4"], ["train.batch_size must be positive"]),
     (["eval", "missing.safetensors"], ["missing.safetensors", "no such model file"]),
+    (["train", "--branch-from", "missing.pt"], ["missing.pt", "no such checkpoint"]),
+    (["train", "--branch-from", "a.pt", "--resume"], ["pass only one"]),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, fragments):
     assert_one_line_error(twinsnn(*args, cwd=tmp_path), *fragments)

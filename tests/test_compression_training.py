@@ -1,5 +1,6 @@
 """Delayed ternary compression inside the training loop, export and the packed round trip."""
 import json
+import re
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ from twinsnn.checkpoint import load_checkpoint
 from twinsnn.cli import main
 from twinsnn.config import load_config
 from twinsnn.data import fashion_mnist
+from twinsnn.errors import ConfigError
 from twinsnn.evaluate import evaluate_file
 from twinsnn.export import size_report
 from twinsnn.train import fit
@@ -36,24 +38,58 @@ def test_only_the_base_is_compressed_and_only_from_start_epoch(tiny_fmnist, tmp_
     assert shipped["confusion"] == from_ckpt["confusion"]
 
 
+def _drop_times(path):
+    return [{k: v for k, v in json.loads(l).items() if k not in ("epoch_time_s", "samples_per_s")}
+            for l in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("mode", ["ternary", "binary"])
+def test_branching_a_full_precision_run_at_the_switch_equals_the_straight_run(tiny_fmnist, tmp_path, mode):
+    straight = cfg_for(tiny_fmnist, tmp_path, name="straight", **{"quant.mode": mode})
+    fit(straight, progress=False)
+    fp = cfg_for(tiny_fmnist, tmp_path, name="fp", epochs=1, **{"quant.mode": "none"})
+    fit(fp, progress=False)
+    branched = cfg_for(tiny_fmnist, tmp_path, name="branched", **{"quant.mode": mode})
+    fit(branched, progress=False, branch_from=tmp_path / "fp" / "checkpoint.pt")
+    a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "branched" / "checkpoint.pt")
+    assert a["members"][0].keys() == b["members"][0].keys()
+    assert all(torch.equal(a["members"][0][k], b["members"][0][k]) for k in a["members"][0])
+    moments = [(s["exp_avg"], t["exp_avg"]) for s, t in zip(a["optimizer"]["state"].values(),
+                                                            b["optimizer"]["state"].values())]
+    assert moments and all(torch.equal(x, y) for x, y in moments)
+    assert _drop_times(tmp_path / "straight" / "metrics.jsonl") == \
+        _drop_times(tmp_path / "branched" / "metrics.jsonl")
+    info = json.loads((tmp_path / "branched" / "run.json").read_text())
+    assert info["branched_from"]["epochs_done"] == 1 and info["branched_from"]["name"] == "fp"
+
+
 def test_resume_across_the_switch(tiny_fmnist, tmp_path):
     straight = cfg_for(tiny_fmnist, tmp_path, name="straight")
     fit(straight, progress=False)
-    first = cfg_for(tiny_fmnist, tmp_path, name="split", epochs=1)
-    fit(first, progress=False)
-    # continue the same run for its second epoch: same config as `straight` but the name
-    import shutil
-    shutil.copytree(tmp_path / "split", tmp_path / "resumed")
+    interrupted = cfg_for(tiny_fmnist, tmp_path, name="resumed")
+    fit(cfg_for(tiny_fmnist, tmp_path, name="resumed", epochs=1), progress=False)
     state = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
-    resumed_cfg = cfg_for(tiny_fmnist, tmp_path, name="resumed")
     from twinsnn.config import to_flat
-    state["config"] = to_flat(resumed_cfg)  # the same run, told to go on to epoch 2
+    state["config"] = to_flat(interrupted)  # as if the 2-epoch run had stopped after epoch 1
     torch.save(state, tmp_path / "resumed" / "checkpoint.pt")
-    (tmp_path / "resumed" / "model.safetensors").unlink()
-    fit(resumed_cfg, resume=True, progress=False)
+    fit(interrupted, resume=True, progress=False)
     a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")["members"][0]
     b = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["members"][0]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"train.lr": 0.001}, "other values of train.lr"),
+    ({"epochs": 1}, "raise train.epochs"),
+    ({"quant.start_epoch": 0}, "differ in quant.* before epoch 1"),
+])
+def test_branching_refuses_what_would_not_equal_a_straight_run(tiny_fmnist, tmp_path, change, message):
+    fit(cfg_for(tiny_fmnist, tmp_path, name="fp", epochs=1, **{"quant.mode": "none"}), progress=False)
+    cfg = cfg_for(tiny_fmnist, tmp_path, name="branch", **change)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        fit(cfg, progress=False, branch_from=tmp_path / "fp" / "checkpoint.pt")
+    assert not (tmp_path / "branch").exists()
 
 
 @pytest.mark.skipif(fashion_mnist.locate(None) is None, reason="real Fashion-MNIST not installed")

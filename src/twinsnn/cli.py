@@ -53,7 +53,7 @@ def cmd_train(args) -> int:
     from .train import fit
     cfg = _config_from_args(args)
     retain_freed_memory()
-    record = fit(cfg, resume=args.resume, progress=not args.quiet)
+    record = fit(cfg, resume=args.resume, progress=not args.quiet, branch_from=args.branch_from)
     run_dir = Path(cfg.out_dir) / cfg.name
     print(f"finished {cfg.name}: val acc {record.get('val_acc/0', float('nan')):.4f}; "
           f"model saved to {run_dir / 'model.safetensors'}")
@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a network (or a TNA cohort) from a config")
     _add_config_args(p)
     p.add_argument("--resume", action="store_true", help="continue the run in its folder")
+    p.add_argument("--branch-from", metavar="CHECKPOINT",
+                   help="start from another run's checkpoint.pt (same config but for quant.*, "
+                        "train.epochs and names), e.g. compress a full-precision run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 

@@ -202,23 +202,88 @@ def _append_metrics(path: Path, record: dict) -> None:
         os.fsync(f.fileno())
 
 
+def _metrics_before(path: Path, epochs_done: int) -> str:
+    """The lines of ``metrics.jsonl`` for epochs ``< epochs_done`` ("" if there is none)."""
+    if not path.exists():
+        return ""
+    return "".join(l + "\n" for l in path.read_text().splitlines()
+                   if l.strip() and json.loads(l)["epoch"] < epochs_done)
+
+
 def _truncate_metrics(path: Path, epochs_done: int) -> None:
     """Drop lines of epochs the checkpoint does not cover (written before a crash)."""
     if path.exists():
-        keep = [l for l in path.read_text().splitlines()
-                if l.strip() and json.loads(l)["epoch"] < epochs_done]
-        path.write_text("".join(l + "\n" for l in keep))
+        path.write_text(_metrics_before(path, epochs_done))
 
 
-def fit(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
-    """Train as ``cfg`` says; returns the last epoch's metrics record."""
+# Keys that may differ between a run and the run it branches from: they do not shape the
+# epochs already trained (quant.* only while neither run compresses before the branch point).
+BRANCH_FREE_KEYS = ("name", "out_dir", "data.dir", "train.epochs", "train.eval_test",
+                    "train.eval_batch_size")
+
+
+def _compressed_before(flat: dict, epoch: int) -> bool:
+    return flat["quant.mode"] != "none" and flat["quant.start_epoch"] < epoch
+
+
+def check_branch(state: dict, cfg: Config, source: Path) -> None:
+    """Raise ``ConfigError`` unless training ``cfg`` from ``state`` (an end-of-epoch
+    checkpoint) gives bitwise the run ``cfg`` would give from scratch: the configs agree on
+    everything that shaped the epochs done, and ``cfg`` has epochs left."""
+    done, theirs, ours = state["epoch"], state["config"], to_flat(cfg)
+    if state.get("step", 0) != 0:
+        raise ConfigError(f"{source} was written mid-epoch; branch from the end of an epoch "
+                          "(resume that run first)")
+    if done >= cfg.train.epochs:
+        raise ConfigError(f"{source} has {done} epochs done; the config trains "
+                          f"{cfg.train.epochs}: raise train.epochs to branch from it")
+    quant_same = all(theirs.get(k) == v for k, v in ours.items() if k.startswith("quant."))
+    if not quant_same and (_compressed_before(theirs, done) or _compressed_before(ours, done)):
+        raise ConfigError(f"{source} and the config differ in quant.* before epoch {done}; "
+                          "branch from a checkpoint written before compression starts")
+    differ = sorted(k for k in set(ours) | set(theirs) if theirs.get(k) != ours.get(k)
+                    and k not in BRANCH_FREE_KEYS and not k.startswith("quant."))
+    if differ:
+        raise ConfigError(f"{source} was trained with other values of {', '.join(differ)}; "
+                          "a branch may change only quant.*, train.epochs and where it writes")
+
+
+def _restore(cohort: Cohort, state: dict, cfg: Config, path: Path) -> None:
+    """Load every member, the optimizer and the schedule of a checkpoint into ``cohort``."""
+    quant.set_compression(cohort.members[0], cfg.quant, weights_epoch(state))
+    if len(state["members"]) != len(cohort.members):
+        raise CheckpointError(f"{path} holds {len(state['members'])} members; "
+                              f"the config trains {len(cohort.members)}")
+    try:
+        for member, member_state in zip(cohort.members, state["members"]):
+            member.load_state_dict(member_state)
+        cohort.optimizer.load_state_dict(state["optimizer"])
+        cohort.scheduler.load_state_dict(state["scheduler"])
+    except Exception as e:  # a damaged or tampered checkpoint
+        raise CheckpointError(f"{path}: cannot restore the run from it "
+                              f"({first_line(e)})") from None
+
+
+def fit(cfg: Config, resume: bool = False, progress: bool = True,
+        branch_from: Path | None = None) -> dict:
+    """Train as ``cfg`` says; returns the last epoch's metrics record. ``branch_from``: start
+    from another run's end-of-epoch checkpoint (see ``check_branch``), e.g. to compress a
+    full-precision run at its ``quant.start_epoch`` without training that phase again."""
     run_dir = Path(cfg.out_dir) / cfg.name
     ckpt_path = run_dir / "checkpoint.pt"
+    if resume and branch_from:
+        raise ConfigError("--resume continues a run in its own folder; --branch-from starts a "
+                          "new one: pass only one")
     if resume and not ckpt_path.exists():
         raise TwinsnnError(f"nothing to resume: {ckpt_path} does not exist")
     if not resume and ckpt_path.exists():
         raise TwinsnnError(f"{run_dir} already holds a run; pass --resume to continue it "
                            "or --name to start another")
+    source = None
+    if branch_from:
+        branch_from = Path(branch_from)
+        source = load_checkpoint(branch_from)
+        check_branch(source, cfg, branch_from)
     _check_writable(run_dir)
     device = resolve_device(cfg.train.device)
     deterministic = cfg.train.deterministic
@@ -241,26 +306,22 @@ def fit(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
         if resume_state["config"] != to_flat(cfg):
             raise ConfigError(f"{ckpt_path} was written by a different config; resume with "
                               "the same preset and --set values")
+        _restore(cohort, resume_state, cfg, ckpt_path)
         start_epoch = resume_state["epoch"]
-        quant.set_compression(cohort.members[0], cfg.quant, weights_epoch(resume_state))
-        if len(resume_state["members"]) != len(cohort.members):
-            raise CheckpointError(f"{ckpt_path} holds {len(resume_state['members'])} members; "
-                                  f"the config trains {len(cohort.members)}")
-        try:
-            for member, state in zip(cohort.members, resume_state["members"]):
-                member.load_state_dict(state)
-            cohort.optimizer.load_state_dict(resume_state["optimizer"])
-            cohort.scheduler.load_state_dict(resume_state["scheduler"])
-        except Exception as e:  # a damaged or tampered checkpoint
-            raise CheckpointError(f"{ckpt_path}: cannot restore the run from it "
-                                  f"({first_line(e)})") from None
         _truncate_metrics(run_dir / "metrics.jsonl", start_epoch)
     else:
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         run_info = {"config": to_dict(cfg), "member_seeds": cohort.seeds,
                     "data_split": data.split, "twinsnn_version": __version__,
                     "torch_version": torch.__version__, "deterministic": deterministic,
                     "machine": machine_info(device), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        metrics = ""
+        if source is not None:
+            _restore(cohort, source, cfg, branch_from)
+            start_epoch = source["epoch"]
+            run_info["branched_from"] = {"checkpoint": str(branch_from), "epochs_done": start_epoch,
+                                         "name": source["config"]["name"]}
+            metrics = _metrics_before(branch_from.parent / "metrics.jsonl", start_epoch)
+        (run_dir / "metrics.jsonl").write_text(metrics)
         (run_dir / "run.json").write_text(json.dumps(run_info, indent=2) + "\n")
 
     record = {}
