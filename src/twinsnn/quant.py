@@ -167,11 +167,15 @@ def compressed_layers(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if quantizer(m) is not None]
 
 
-def set_compression(model: nn.Module, cfg_quant, epoch: int) -> bool:
+def compression_on(cfg_quant, epoch: int) -> bool:
     """Delayed compression (section 4.2): full precision for epochs ``< cfg.start_epoch``,
-    compressed from ``epoch == cfg.start_epoch`` on; never for mode "none".
-    Returns whether compression is on for ``epoch`` (0-based)."""
-    on = cfg_quant.mode != "none" and epoch >= cfg_quant.start_epoch
+    compressed from ``epoch == cfg.start_epoch`` on; never for mode "none" (0-based epochs)."""
+    return cfg_quant.mode != "none" and epoch >= cfg_quant.start_epoch
+
+
+def set_compression(model: nn.Module, cfg_quant, epoch: int) -> bool:
+    """Compress or decompress ``model`` as ``compression_on`` says; returns whether it is on."""
+    on = compression_on(cfg_quant, epoch)
     if on:
         compress(model, cfg_quant.mode, cfg_quant.delta, cfg_quant.full_precision_ends,
                  cfg_quant.scale)

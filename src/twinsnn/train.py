@@ -26,7 +26,7 @@ from . import __version__, quant
 from .analysis import firing_rates
 from .checkpoint import (first_line, load_checkpoint, load_model, save_checkpoint, save_model,
                          weights_epoch)
-from .config import Config, to_dict, to_flat
+from .config import Config, from_flat, to_dict, to_flat
 from .data import DataSplits, Dataset, build_data, dataset_module
 from .data.transforms import AUGMENTATIONS, normalize, to_unit
 from .errors import CheckpointError, ConfigError, Interrupted, TwinsnnError
@@ -222,10 +222,6 @@ BRANCH_FREE_KEYS = ("name", "out_dir", "data.dir", "train.epochs", "train.eval_t
                     "train.eval_batch_size")
 
 
-def _compressed_before(flat: dict, epoch: int) -> bool:
-    return flat["quant.mode"] != "none" and flat["quant.start_epoch"] < epoch
-
-
 def check_branch(state: dict, cfg: Config, source: Path) -> None:
     """Raise ``ConfigError`` unless training ``cfg`` from ``state`` (an end-of-epoch
     checkpoint) gives bitwise the run ``cfg`` would give from scratch: the configs agree on
@@ -238,7 +234,8 @@ def check_branch(state: dict, cfg: Config, source: Path) -> None:
         raise ConfigError(f"{source} has {done} epochs done; the config trains "
                           f"{cfg.train.epochs}: raise train.epochs to branch from it")
     quant_same = all(theirs.get(k) == v for k, v in ours.items() if k.startswith("quant."))
-    if not quant_same and (_compressed_before(theirs, done) or _compressed_before(ours, done)):
+    compressed = (quant.compression_on(c.quant, done - 1) for c in (from_flat(theirs), cfg))
+    if not quant_same and any(compressed):
         raise ConfigError(f"{source} and the config differ in quant.* before epoch {done}; "
                           "branch from a checkpoint written before compression starts")
     differ = sorted(k for k in set(ours) | set(theirs) if theirs.get(k) != ours.get(k)
