@@ -31,6 +31,7 @@ def test_overrides_short_and_dotted_keys():
     ("model.decay=1.5", "\\[0, 1\\]"),
     ("noequals", "key=value"),
     ("strategy=kd", "teacher"),
+    ("precision=fp16", "must be one of fp32, bf16"),
 ])
 def test_bad_values_are_rejected_with_the_choices(override, match):
     with pytest.raises(ConfigError, match=match):

@@ -81,6 +81,24 @@ def test_backward_reaches_every_parameter():
     assert all(p.grad is not None for p in net.parameters())
 
 
+def test_bf16_autocast_keeps_float32_outputs_weights_and_gradients():
+    torch.manual_seed(0)
+    net = small()
+    x = torch.randn(4, 1, 28, 28) * 3
+    with torch.autocast("cpu", torch.bfloat16):
+        potentials = net.potentials(x)
+    assert potentials.dtype == torch.float32  # the readout integrates in float32
+    potentials.sum().backward()
+    assert all(p.dtype == p.grad.dtype == torch.float32 for p in net.parameters())
+    # the same net in float32 gives close, not equal, logits: only the currents are rounded
+    with torch.no_grad():
+        exact = net.eval()(x)
+        with torch.autocast("cpu", torch.bfloat16):
+            rounded = net(x)
+    assert not torch.equal(rounded, exact)
+    assert (rounded - exact).abs().max() < 0.1 * exact.abs().max()
+
+
 def test_bad_image_size_and_names():
     with pytest.raises(ConfigError):
         cifarnet(image_size=(30, 30))

@@ -111,3 +111,22 @@ def test_compiled_kernels_give_the_same_spikes_and_gradients():
         use_compiled_kernels(False)
     assert torch.equal(compiled, eager)
     torch.testing.assert_close(current.grad, eager_grad, rtol=1e-6, atol=1e-7)
+
+
+def test_bfloat16_currents_integrate_in_float32_and_spike_exactly():
+    # Under bf16 autocast the LIF sees bf16 currents. Potentials integrate in float32 from
+    # the (exactly upcast) currents, so the spikes are those of the float32 neuron on the
+    # same values, returned in bf16 (0 and 1 exactly); the gradient is the float32 one
+    # rounded to bf16.
+    torch.manual_seed(3)
+    current = (torch.randn(5, 4, 6) * 0.8 + 0.7).to(torch.bfloat16).requires_grad_()
+    weights = torch.randn(5, 4, 6).to(torch.bfloat16)
+    wide = current.detach().float().requires_grad_()
+    spikes = lif(current, 0.5, 1.0)
+    wide_spikes = lif(wide, 0.5, 1.0)
+    assert spikes.dtype == torch.bfloat16
+    assert torch.equal(spikes.float(), wide_spikes)
+    (spikes * weights).sum().backward()
+    (wide_spikes * weights.float()).sum().backward()
+    assert current.grad.dtype == torch.bfloat16
+    assert torch.equal(current.grad, wide.grad.to(torch.bfloat16))

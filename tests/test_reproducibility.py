@@ -53,6 +53,16 @@ def test_same_config_and_seed_give_bitwise_identical_weights(tmp_path, tiny_fmni
     assert json.loads((runs / "a" / "run.json").read_text())["deterministic"] is True
 
 
+def test_bf16_training_is_deterministic_and_differs_from_fp32(tmp_path, tiny_fmnist):
+    runs = tmp_path / "runs"
+    for name, precision in (("fp32", "fp32"), ("bf16", "bf16"), ("bf16-again", "bf16")):
+        fit(tiny(tiny_fmnist, runs, name, **{"train.precision": precision}), progress=False)
+    fp32, bf16, again = (weights(runs / name) for name in ("fp32", "bf16", "bf16-again"))
+    assert all(v.dtype == fp32[k].dtype for k, v in bf16.items())  # weights stay float32
+    assert all(torch.equal(bf16[k], again[k]) for k in bf16)
+    assert any(not torch.equal(bf16[k], fp32[k]) for k in bf16 if bf16[k].is_floating_point())
+
+
 def test_nan_in_the_first_epoch_stops_without_writing_a_model(tmp_path, tiny_fmnist):
     cfg = tiny(tiny_fmnist, tmp_path / "runs", "diverges", **{"train.lr": 1e37})
     with pytest.raises(TrainingError, match=r"loss is (nan|inf) at epoch 0 step \d+") as err:

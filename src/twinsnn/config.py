@@ -60,6 +60,7 @@ class TrainConfig:
     eval_test: bool = False  # also report test accuracy every epoch (never used for choices)
     compile: bool = True  # run the LIF loops through torch.compile (same numbers, faster)
     channels_last: bool = True  # NHWC memory format for the convolutions (faster on CPU)
+    precision: str = "fp32"  # fp32 | bf16: autocast of the training forward (see README)
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,7 @@ CHOICES = {
     "model.fc_norm": ("batchnorm", "none"),
     "train.lr_step_unit": ("epoch", "batch"),
     "train.device": ("auto", "cpu", "cuda"),
+    "train.precision": ("fp32", "bf16"),
     "loss.strategy": ("single", "tna", "kd", "kd+ce"),
     "loss.reduction": ("sum", "batchmean", "mean"),
     "loss.match": ("logits", "potentials"),

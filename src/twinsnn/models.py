@@ -17,7 +17,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .layers import SpikingBlock, TimeSharedDropout, fold, unfold
-from .neurons import LIF
+from .neurons import LIF, state_dtype
 
 CIFARNET_CONVS = (128, 256, "P", 512, "P", 1024, 512)  # "P": 2x2 average pool
 CIFARNET_FCS = (1024, 512)
@@ -82,6 +82,7 @@ class SpikingCNN(nn.Module):
         for block in self.fcs:
             x_tb = block(x_tb)
         current_tb = unfold(self.out(fold(x_tb)), x_tb.shape[0])  # [T, B, classes]
+        current_tb = current_tb.to(state_dtype(current_tb.dtype))  # float32 under autocast
         if self.readout_decay == 0.0:
             return current_tb
         u, potentials = torch.zeros_like(current_tb[0]), []

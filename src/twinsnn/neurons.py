@@ -8,7 +8,9 @@ Shapes are time-major: ``current_tb`` is ``[T, B, ...]``.
 
 The whole sequence is one autograd node: the forward keeps only the membrane potentials
 ``u`` (spikes are recomputed from them), and the backward runs the exact BPTT recursion of
-eq. 1 through both the leak and the reset, with the boxcar standing in for ds/du. Both loops
+eq. 1 through both the leak and the reset, with the boxcar standing in for ds/du.
+Potentials integrate in at least float32 (``state_dtype``): bfloat16 currents (autocast) give
+bfloat16 spikes, which hold 0 and 1 exactly, and bfloat16 input gradients. Both loops
 can run through ``torch.compile`` (``use_compiled_kernels``), which fuses each into a few
 passes over memory.
 """
@@ -21,19 +23,25 @@ SURROGATE_HEIGHT = 0.5  # eq. 4: value of ds/du inside the window
 SURROGATE_HALF_WIDTH = 0.5  # eq. 4: window |u - theta| <= 0.5
 
 
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype membrane potentials are integrated in: ``dtype``, at least float32."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def boxcar(u: torch.Tensor, threshold: float) -> torch.Tensor:
     """Eq. 4: the surrogate derivative ds/du, elementwise."""
     return ((u - threshold).abs() <= SURROGATE_HALF_WIDTH).to(u.dtype) * SURROGATE_HEIGHT
 
 
 def _forward_kernel(current_tb: torch.Tensor, decay: float, threshold: float):
-    """Eq. 1 over T: returns ``(spikes_tb, u_tb)``."""
+    """Eq. 1 over T: returns ``(spikes_tb, u_tb)``, spikes in the input's dtype, ``u`` in
+    ``state_dtype`` of it."""
     spikes, potentials = [], []
-    v = torch.zeros_like(current_tb[0])  # potential after reset
+    v = torch.zeros_like(current_tb[0], dtype=state_dtype(current_tb.dtype))  # after reset
     for t in range(current_tb.shape[0]):
         u = current_tb[t] + decay * v
         s = (u >= threshold).to(u.dtype)
-        spikes.append(s)
+        spikes.append(s.to(current_tb.dtype))
         potentials.append(u)
         v = u * (1.0 - s)
     return torch.stack(spikes), torch.stack(potentials)
@@ -41,7 +49,8 @@ def _forward_kernel(current_tb: torch.Tensor, decay: float, threshold: float):
 
 def _backward_kernel(grad_spikes_tb: torch.Tensor, u_tb: torch.Tensor, decay: float,
                      threshold: float) -> torch.Tensor:
-    """BPTT of eq. 1, boxcar for ds/du: ``dL/dI[t]`` from ``dL/ds[t]`` and the saved ``u``."""
+    """BPTT of eq. 1, boxcar for ds/du: ``dL/dI[t]`` (in the dtype of ``dL/ds``) from
+    ``dL/ds[t]`` and the saved ``u``."""
     grads = []
     grad_v = torch.zeros_like(u_tb[0])  # dL/dv[t] where v[t] = u[t] * (1 - s[t])
     for t in range(u_tb.shape[0] - 1, -1, -1):
@@ -52,7 +61,7 @@ def _backward_kernel(grad_spikes_tb: torch.Tensor, u_tb: torch.Tensor, decay: fl
         grad_u = (grad_spikes_tb[t] - grad_v * u) * boxcar(u, threshold) + grad_v * (1.0 - s)
         grads.append(grad_u)
         grad_v = grad_u * decay
-    return torch.stack(grads[::-1])
+    return torch.stack(grads[::-1]).to(grad_spikes_tb.dtype)
 
 
 class _Kernels:

@@ -437,7 +437,8 @@ def train_one_epoch(cfg: Config, cohort: Cohort, strategy: Strategy, preprocess:
         index = order[step * bs:(step + 1) * bs]
         x = preprocess(train_x[index], aug)
         y = train_y[index]
-        outputs = cohort.outputs(x)
+        with torch.autocast(device.type, torch.bfloat16, cfg.train.precision == "bf16"):
+            outputs = cohort.outputs(x)  # potentials in float32 either way
         loss, parts = strategy(outputs, y)
         if not torch.isfinite(loss):
             raise _numerical_fault(f"loss is {loss.item()}", epoch, step, ckpt_path)
