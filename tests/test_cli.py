@@ -143,7 +143,7 @@ def test_sigterm_checkpoints_mid_epoch_and_resumes_bitwise(tmp_path, tiny_fmnist
     deadline = time.time() + 200
     while not (run / "run.json").exists() and time.time() < deadline:
         time.sleep(0.05)
-    time.sleep(1.0)
+    # run.json appears once the handler is in place; signal at once, while the run is young
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "--resume" in err

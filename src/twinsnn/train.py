@@ -297,38 +297,43 @@ def fit(cfg: Config, resume: bool = False, progress: bool = True,
     preprocess = Preprocess(data, cfg.data.augment, cfg.train.channels_last)
     train_x, train_y = data.train.x.to(device), data.train.y.to(device)
 
-    start_epoch, resume_state = 0, None
-    if resume:
-        resume_state = load_checkpoint(ckpt_path)
-        if resume_state["config"] != to_flat(cfg):
-            raise ConfigError(f"{ckpt_path} was written by a different config; resume with "
-                              "the same preset and --set values")
-        _restore(cohort, resume_state, cfg, ckpt_path)
-        start_epoch = resume_state["epoch"]
-        _truncate_metrics(run_dir / "metrics.jsonl", start_epoch)
-    else:
-        run_info = {"config": to_dict(cfg), "member_seeds": cohort.seeds,
-                    "data_split": data.split, "twinsnn_version": __version__,
-                    "torch_version": torch.__version__, "deterministic": deterministic,
-                    "machine": machine_info(device), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        metrics = ""
-        if source is not None:
-            _restore(cohort, source, cfg, branch_from)
-            start_epoch = source["epoch"]
-            run_info["branched_from"] = {"checkpoint": str(branch_from), "epochs_done": start_epoch,
-                                         "name": source["config"]["name"]}
-            metrics = _metrics_before(branch_from.parent / "metrics.jsonl", start_epoch)
-        (run_dir / "metrics.jsonl").write_text(metrics)
-        (run_dir / "run.json").write_text(json.dumps(run_info, indent=2) + "\n")
-
-    record = {}
+    # the handler is in place before run.json exists: a run that shows up can be stopped
+    # cleanly at any moment
     with _Interrupt() as interrupt:
+        start_epoch, resume_state = 0, None
+        if resume:
+            resume_state = load_checkpoint(ckpt_path)
+            if resume_state["config"] != to_flat(cfg):
+                raise ConfigError(f"{ckpt_path} was written by a different config; resume with "
+                                  "the same preset and --set values")
+            _restore(cohort, resume_state, cfg, ckpt_path)
+            start_epoch = resume_state["epoch"]
+            _truncate_metrics(run_dir / "metrics.jsonl", start_epoch)
+        else:
+            run_info = {"config": to_dict(cfg), "member_seeds": cohort.seeds,
+                        "data_split": data.split, "twinsnn_version": __version__,
+                        "torch_version": torch.__version__, "deterministic": deterministic,
+                        "machine": machine_info(device),
+                        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            metrics = ""
+            if source is not None:
+                _restore(cohort, source, cfg, branch_from)
+                start_epoch = source["epoch"]
+                run_info["branched_from"] = {"checkpoint": str(branch_from),
+                                             "epochs_done": start_epoch,
+                                             "name": source["config"]["name"]}
+                metrics = _metrics_before(branch_from.parent / "metrics.jsonl", start_epoch)
+            (run_dir / "metrics.jsonl").write_text(metrics)
+            (run_dir / "run.json").write_text(json.dumps(run_info, indent=2) + "\n")
+
+        record = {}
         for epoch in range(start_epoch, cfg.train.epochs):
             compressed = quant.set_compression(cohort.members[0], cfg.quant, epoch)
             state = resume_state if resume_state and resume_state["epoch"] == epoch else None
             resume_state = None
             mid_epoch = state is not None and state["step"] > 0
-            if compressed and epoch == cfg.quant.start_epoch and cfg.quant.lr_at_switch and not mid_epoch:
+            switch = compressed and epoch == cfg.quant.start_epoch and not mid_epoch
+            if switch and cfg.quant.lr_at_switch:
                 for group in cohort.optimizer.param_groups:  # StepLR decays on from here
                     group["lr"] = cfg.quant.lr_at_switch
             t0 = time.perf_counter()
