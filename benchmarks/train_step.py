@@ -46,6 +46,7 @@ TWINSNN = {
     "twinsnn:threaded-cohort": {"lif": "compiled", "channels_last": True, "threads": True},
 }
 IMPLS = ("twinsnn", *PEER_IMPLS)
+M_ARENA_MAX = -8  # glibc mallopt parameter: the most malloc arenas
 MODES = ("single", "tna")
 IMAGE = (3, 32, 32)
 CLASSES = 10
@@ -103,7 +104,7 @@ def threaded_cohort_step(models, x, y, alpha: float):
     then each thread runs its member's backward and its own Adam. glibc gets one malloc arena,
     so the threads reuse the freed memory of ``retain_freed_memory`` (per-thread arenas map
     and zero-fill every large block anew)."""
-    ctypes.CDLL("libc.so.6").mallopt(-8, 1)  # M_ARENA_MAX
+    ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, 1)
     optimizers = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in models]
     pool = ThreadPoolExecutor(len(models), initializer=torch.set_num_threads, initargs=(1,))
 
@@ -202,7 +203,8 @@ def time_config(impl: str, width: float, mode: str, batch_size: int, timesteps: 
     optimizer = torch.optim.Adam(params, lr=1e-3)
     x, y = batch(batch_size)
     x = x.contiguous(memory_format=memory_format)
-    bf16 = TWINSNN.get(impl, {}).get("bf16", False)
+    variant = TWINSNN.get(impl, {})
+    bf16 = variant.get("bf16", False)
 
     def logits(inputs):
         with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
@@ -214,7 +216,7 @@ def time_config(impl: str, width: float, mode: str, batch_size: int, timesteps: 
         loss.backward()
         optimizer.step()
 
-    if mode == "tna" and TWINSNN.get(impl, {}).get("threads"):
+    if mode == "tna" and variant.get("threads"):
         step = threaded_cohort_step(models, x, y, alpha)
 
     # a first forward/backward on 2 samples loads and compiles every code path (torch.compile

@@ -261,6 +261,38 @@ def _restore(cohort: Cohort, state: dict, cfg: Config, path: Path) -> None:
                               f"({first_line(e)})") from None
 
 
+def _resume(cohort: Cohort, state: dict, cfg: Config, ckpt_path: Path) -> None:
+    """Continue the run of ``ckpt_path``: same config, its state, its metrics up to there."""
+    if state["config"] != to_flat(cfg):
+        raise ConfigError(f"{ckpt_path} was written by a different config; resume with "
+                          "the same preset and --set values")
+    _restore(cohort, state, cfg, ckpt_path)
+    _truncate_metrics(ckpt_path.parent / "metrics.jsonl", state["epoch"])
+
+
+def _start(cfg: Config, cohort: Cohort, data: DataSplits, device, deterministic: bool,
+           source: dict | None, branch_from: Path | None) -> int:
+    """Write a new run's ``run.json`` and ``metrics.jsonl`` (the source's epochs when
+    branching, after restoring its state); returns the first epoch to train."""
+    run_dir = Path(cfg.out_dir) / cfg.name
+    run_info = {"config": to_dict(cfg), "member_seeds": cohort.seeds,
+                "data_split": data.split, "twinsnn_version": __version__,
+                "torch_version": torch.__version__, "deterministic": deterministic,
+                "machine": machine_info(device),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    start_epoch, metrics = 0, ""
+    if source is not None:
+        _restore(cohort, source, cfg, branch_from)
+        start_epoch = source["epoch"]
+        run_info["branched_from"] = {"checkpoint": str(branch_from),
+                                     "epochs_done": start_epoch,
+                                     "name": source["config"]["name"]}
+        metrics = _metrics_before(branch_from.parent / "metrics.jsonl", start_epoch)
+    (run_dir / "metrics.jsonl").write_text(metrics)
+    (run_dir / "run.json").write_text(json.dumps(run_info, indent=2) + "\n")
+    return start_epoch
+
+
 def fit(cfg: Config, resume: bool = False, progress: bool = True,
         branch_from: Path | None = None) -> dict:
     """Train as ``cfg`` says; returns the last epoch's metrics record. ``branch_from``: start
@@ -300,40 +332,20 @@ def fit(cfg: Config, resume: bool = False, progress: bool = True,
     # the handler is in place before run.json exists: a run that shows up can be stopped
     # cleanly at any moment
     with _Interrupt() as interrupt:
-        start_epoch, resume_state = 0, None
         if resume:
             resume_state = load_checkpoint(ckpt_path)
-            if resume_state["config"] != to_flat(cfg):
-                raise ConfigError(f"{ckpt_path} was written by a different config; resume with "
-                                  "the same preset and --set values")
-            _restore(cohort, resume_state, cfg, ckpt_path)
+            _resume(cohort, resume_state, cfg, ckpt_path)
             start_epoch = resume_state["epoch"]
-            _truncate_metrics(run_dir / "metrics.jsonl", start_epoch)
         else:
-            run_info = {"config": to_dict(cfg), "member_seeds": cohort.seeds,
-                        "data_split": data.split, "twinsnn_version": __version__,
-                        "torch_version": torch.__version__, "deterministic": deterministic,
-                        "machine": machine_info(device),
-                        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-            metrics = ""
-            if source is not None:
-                _restore(cohort, source, cfg, branch_from)
-                start_epoch = source["epoch"]
-                run_info["branched_from"] = {"checkpoint": str(branch_from),
-                                             "epochs_done": start_epoch,
-                                             "name": source["config"]["name"]}
-                metrics = _metrics_before(branch_from.parent / "metrics.jsonl", start_epoch)
-            (run_dir / "metrics.jsonl").write_text(metrics)
-            (run_dir / "run.json").write_text(json.dumps(run_info, indent=2) + "\n")
-
+            resume_state = None
+            start_epoch = _start(cfg, cohort, data, device, deterministic, source, branch_from)
         record = {}
         for epoch in range(start_epoch, cfg.train.epochs):
             compressed = quant.set_compression(cohort.members[0], cfg.quant, epoch)
             state = resume_state if resume_state and resume_state["epoch"] == epoch else None
             resume_state = None
             mid_epoch = state is not None and state["step"] > 0
-            switch = compressed and epoch == cfg.quant.start_epoch and not mid_epoch
-            if switch and cfg.quant.lr_at_switch:
+            if compressed and epoch == cfg.quant.start_epoch and cfg.quant.lr_at_switch and not mid_epoch:
                 for group in cohort.optimizer.param_groups:  # StepLR decays on from here
                     group["lr"] = cfg.quant.lr_at_switch
             t0 = time.perf_counter()
