@@ -19,8 +19,12 @@ def write_idx_gz(path: Path, array: np.ndarray) -> None:
 @pytest.fixture
 def tiny_fmnist(tmp_path) -> Path:
     """A Fashion-MNIST-format folder: 200 train and 60 test images of two learnable classes."""
+    return write_tiny_fmnist(tmp_path)
+
+
+def write_tiny_fmnist(parent: Path) -> Path:
     rng = np.random.default_rng(0)
-    folder = tmp_path / "fmnist"
+    folder = parent / "fmnist"
     folder.mkdir()
     for split, n in (("train", 200), ("test", 60)):
         labels = rng.integers(0, 10, n).astype(np.uint8)

@@ -11,7 +11,10 @@ from twinsnn.config import load_config
 from twinsnn.data import build_data
 from twinsnn.evaluate import evaluate_file
 from twinsnn.losses import strategy_from_config
-from twinsnn.train import Preprocess, _Interrupt, build_cohort, fit, train_one_epoch
+from twinsnn.cohort import build_cohort
+from twinsnn.data.transforms import Preprocess
+from twinsnn.run import RunFolder, StopSignal
+from twinsnn.train import Training, fit, train_one_epoch
 
 
 def tiny_cfg(folder, out, **extra):
@@ -62,10 +65,10 @@ def test_kd_teacher_is_frozen_and_unchanged(tiny_fmnist, tmp_path):
         cohort = build_cohort(cfg, data, strat, torch.device("cpu"))
         before = {k: v.clone() for k, v in cohort.teacher.state_dict().items()}
         student_before = cohort.members[0].convs[1].synapse.weight.clone()
-        with _Interrupt() as stop:
-            stats = train_one_epoch(cfg, cohort, strat, Preprocess(data, True), data.train.x,
-                                    data.train.y, 0, torch.device("cpu"), None, stop,
-                                    tmp_path / "unused.pt", False)
+        with StopSignal() as stop:
+            stats = train_one_epoch(Training(cfg, cohort, strat, data, data.train,
+                                             Preprocess(data, True), RunFolder(cfg), stop,
+                                             progress=False), 0)
         after = cohort.teacher.state_dict()
         assert all(torch.equal(before[k], after[k]) for k in before)  # BN stats too: eval mode
         assert all(p.grad is None for p in cohort.teacher.parameters())

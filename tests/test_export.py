@@ -9,6 +9,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from twinsnn.config import ModelConfig
 from twinsnn.errors import CheckpointError
 from twinsnn.export import export_packed, format_size_report, load_packed, size_report
 from twinsnn.models import cifarnet
@@ -24,7 +25,7 @@ def trained_like(mode="ternary", scale="none", fc_norm="batchnorm"):
     """A small compressed net with weights spread over the ternary threshold and non-trivial
     BatchNorm statistics."""
     torch.manual_seed(0)
-    model = cifarnet(fc_norm=fc_norm, **KWARGS)
+    model = cifarnet(ModelConfig(width=0.125, fc_norm=fc_norm), 10, 1, (28, 28))
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):

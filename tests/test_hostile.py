@@ -120,7 +120,7 @@ def bound(raw: bytes) -> int:
 
 def tiny_model():
     torch.manual_seed(0)
-    return cifarnet(**KWARGS)
+    return cifarnet(ModelConfig(width=0.0625), 10, 1, (28, 28))
 
 
 def idx_bytes() -> bytes:
@@ -387,7 +387,8 @@ def test_untrusted_models_are_sized_before_they_are_built(tmp_path):
     files["wide.pt"] = tmp_path / "wide.pt"
     torch.save({**state, "meta": _wide(state["meta"])}, files["wide.pt"])
     with torch.device("meta"):
-        shapes = {k: v.shape for k, v in cifarnet(**{**KWARGS, "width": 64.0}).state_dict().items()}
+        shapes = {k: v.shape for k, v in
+                  cifarnet(ModelConfig(width=64.0), 10, 1, (28, 28)).state_dict().items()}
     files["strided.pt"] = tmp_path / "strided.pt"  # weights of that size, all views of 1 float
     torch.save({**state, "meta": _wide(state["meta"]),
                 "members": [{k: torch.zeros(1).expand(s) if s else torch.zeros(())

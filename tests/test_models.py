@@ -1,25 +1,26 @@
 import pytest
 import torch
 
-from twinsnn.layers import TimeSharedDropout
-from twinsnn.models import build_model, cifarnet
+from twinsnn.config import ModelConfig
 from twinsnn.errors import ConfigError
+from twinsnn.layers import TimeSharedDropout
+from twinsnn.models import build_from_spec, build_model, cifarnet, model_spec
 
 
 def small(**kw):
-    return cifarnet(num_classes=10, in_channels=1, width=0.0625, image_size=(28, 28), **kw)
+    return cifarnet(ModelConfig(width=0.0625, **kw), 10, 1, (28, 28))
 
 
 def test_shapes_static_and_frames():
     net = small(timesteps=4)
     assert net(torch.randn(3, 1, 28, 28)).shape == (3, 10)
     assert net.potentials(torch.randn(3, 1, 28, 28)).shape == (4, 3, 10)
-    dvs = cifarnet(num_classes=10, in_channels=2, width=0.0625, image_size=(48, 48), timesteps=4)
+    dvs = cifarnet(ModelConfig(width=0.0625, timesteps=4), 10, 2, (48, 48))
     assert dvs(torch.randn(4, 3, 2, 48, 48)).shape == (3, 10)
 
 
 def test_width_scales_every_layer():
-    net = cifarnet(width=0.25, image_size=(32, 32))
+    net = cifarnet(ModelConfig(width=0.25), 10, 3, (32, 32))
     convs = [b.synapse.out_channels for b in net.convs]
     assert convs == [32, 64, 128, 256, 128]
     assert [b.synapse.out_features for b in net.fcs] == [256, 128]
@@ -101,8 +102,31 @@ def test_bf16_autocast_keeps_float32_outputs_weights_and_gradients():
 
 def test_bad_image_size_and_names():
     with pytest.raises(ConfigError):
-        cifarnet(image_size=(30, 30))
-    with pytest.raises(ConfigError, match="cifarnet"):
-        build_model("resnet")
+        cifarnet(ModelConfig(), 10, 3, (30, 30))
+    with pytest.raises(ConfigError, match="model.arch must be one of cifarnet"):
+        build_model(ModelConfig(arch="resnet"), 10, 3, (32, 32))
     with pytest.raises(ConfigError, match="fc_norm"):
         small(fc_norm="layer")
+    with pytest.raises(ConfigError, match="model.neuron must be one of lif"):
+        small(neuron="izhikevich")
+
+
+def test_the_model_is_built_from_its_config_and_rebuilt_from_its_spec():
+    cfg = ModelConfig(width=0.0625, timesteps=3, decay=0.25, threshold=0.75, surrogate="atan")
+    torch.manual_seed(0)
+    net = build_model(cfg, 10, 1, (28, 28))
+    neuron = net.fcs[1].neuron
+    assert (neuron.decay, neuron.threshold, neuron.surrogate) == (0.25, 0.75, "atan")
+    spec = model_spec(cfg, 10, 1, (28, 28))
+    torch.manual_seed(0)
+    again = build_from_spec(spec)
+    assert str(again) == str(net)
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(),
+                                                 again.state_dict().values()))
+    # a spec written before a field existed takes its default; unknown keys are ignored
+    old = {k: v for k, v in spec.items() if k not in ("neuron", "surrogate")}
+    assert build_from_spec({**old, "note": 1}).fcs[0].neuron.surrogate == "boxcar"
+    with pytest.raises(ConfigError, match="model.width must be positive"):
+        build_from_spec({**spec, "width": -1.0})
+    with pytest.raises(ConfigError, match="num_classes"):
+        build_from_spec({**spec, "num_classes": "ten"})

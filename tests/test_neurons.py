@@ -1,41 +1,71 @@
-"""Eq. 1 (LIF with hard reset) and eq. 4 (boxcar surrogate) on hand-made tensors."""
+"""Eq. 1 (LIF with hard reset), the surrogates (eq. 4's boxcar, atan, sigmoid) and the three
+LIF kernels, on hand-made tensors."""
+import math
+
+import pytest
 import torch
 
-from twinsnn.neurons import LIF, boxcar, lif
+from twinsnn.config import ModelConfig
+from twinsnn.errors import ConfigError
+from twinsnn.models import cifarnet
+from twinsnn.neurons import (KERNELS, LIF, SURROGATES, atan, boxcar, lif, lif_step, set_kernel,
+                             sigmoid)
+
+# The smooth steps whose derivatives the surrogates are (SpikingJelly's primitive functions,
+# alpha 2 and 4), and the ramp whose slope is the boxcar.
+PRIMITIVES = {
+    "boxcar": lambda x: 0.5 * (x + 0.5).clamp(0.0, 1.0),
+    "atan": lambda x: torch.atan(math.pi / 2 * 2.0 * x) / math.pi + 0.5,
+    "sigmoid": lambda x: torch.sigmoid(4.0 * x),
+}
 
 
-class _Spike(torch.autograd.Function):
-    """Heaviside with the eq. 4 boxcar, one step at a time: the textbook reference."""
-
-    @staticmethod
-    def forward(ctx, u, theta):
-        ctx.save_for_backward(u)
-        ctx.theta = theta
-        return (u >= theta).to(u.dtype)
-
-    @staticmethod
-    def backward(ctx, g):
-        (u,) = ctx.saved_tensors
-        return g * 0.5 * ((u - ctx.theta).abs() <= 0.5).to(u.dtype), None
+def test_every_surrogate_has_a_primitive_here():
+    assert set(PRIMITIVES) == set(SURROGATES)
 
 
-def reference_lif(current_tb, decay, theta):
-    u_prev = torch.zeros_like(current_tb[0])
-    s_prev = torch.zeros_like(current_tb[0])
-    out = []
-    for current in current_tb:
-        u = decay * u_prev * (1 - s_prev) + current  # eq. 1
-        s = _Spike.apply(u, theta)
-        out.append(s)
-        u_prev, s_prev = u, s
-    return torch.stack(out)
+def test_boxcar_values_eq4():
+    u = torch.tensor([0.49, 0.5, 1.0, 1.5, 1.51, -3.0])
+    assert boxcar(u - 1.0).tolist() == [0.0, 0.5, 0.5, 0.5, 0.0, 0.0]
 
 
-def test_eq1_hand_computed_sequence():
+def test_atan_and_sigmoid_closed_forms_by_hand():
+    # atan: alpha / (2 (1 + (pi/2 alpha x)^2)) with alpha = 2 is 1 / (1 + (pi x)^2)
+    x = torch.tensor([0.0, 1 / math.pi, -1 / math.pi, 2 / math.pi], dtype=torch.float64)
+    torch.testing.assert_close(atan(x), torch.tensor([1.0, 0.5, 0.5, 0.2], dtype=torch.float64))
+    # sigmoid: alpha s (1 - s) with alpha = 4, s = sigmoid(4x); s = 1/2 at 0, 1/(1+e^-4) at 1
+    s1 = 1 / (1 + math.exp(-4.0))
+    x = torch.tensor([0.0, 1.0, -1.0], dtype=torch.float64)
+    torch.testing.assert_close(sigmoid(x), torch.tensor([1.0, 4 * s1 * (1 - s1),
+                                                         4 * s1 * (1 - s1)], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("name", sorted(SURROGATES))
+def test_surrogate_is_the_derivative_of_its_primitive(name):
+    """Central finite differences of the primitive, and its autograd derivative, away from
+    the boxcar's two kinks."""
+    x = torch.linspace(-2.0, 2.0, 401, dtype=torch.float64)
+    x = x[((x.abs() - 0.5).abs() > 1e-3)]
+    h = 1e-6
+    primitive, surrogate = PRIMITIVES[name], SURROGATES[name]
+    fd = (primitive(x + h) - primitive(x - h)) / (2 * h)
+    torch.testing.assert_close(surrogate(x), fd, rtol=1e-6, atol=1e-8)
+    leaf = x.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(primitive(leaf).sum(), leaf)
+    torch.testing.assert_close(surrogate(x), grad, rtol=1e-12, atol=1e-12)
+
+
+def test_unknown_surrogate_lists_the_registered_ones():
+    with pytest.raises(ConfigError, match="model.surrogate must be one of boxcar, atan, sigmoid"):
+        LIF(surrogate="triangle")
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_eq1_hand_computed_sequence(kernel):
     # I = 0.6 each step, a = 0.5, theta = 1:
     # u = 0.6, 0.9, 1.05 (spike), reset -> 0.6, 0.9
     current = torch.full((5, 1), 0.6)
-    spikes = lif(current, decay=0.5, threshold=1.0)
+    spikes = lif(current, decay=0.5, threshold=1.0, kernel=kernel)
     assert spikes.squeeze(1).tolist() == [0.0, 0.0, 1.0, 0.0, 0.0]
 
 
@@ -45,45 +75,55 @@ def test_threshold_is_inclusive_and_reset_is_hard():
     assert lif(current, 0.5, 1.0).squeeze(1).tolist() == [1.0, 0.0, 1.0]
 
 
-def test_boxcar_values_eq4():
-    u = torch.tensor([0.49, 0.5, 1.0, 1.5, 1.51, -3.0])
-    assert boxcar(u, 1.0).tolist() == [0.0, 0.5, 0.5, 0.5, 0.0, 0.0]
+def test_lif_step_is_eq1():
+    s, v = lif_step(torch.tensor([0.6, 0.3]), torch.tensor([1.0, 0.2]), 0.5, 1.0)
+    # u = 0.5 * 1.0 + 0.6 = 1.1 (spike, v -> 0); u = 0.5 * 0.2 + 0.3 = 0.4
+    assert s.tolist() == [1.0, 0.0]
+    torch.testing.assert_close(v, torch.tensor([0.0, 0.4]))
 
 
-def test_gradient_single_step_is_boxcar():
+@pytest.mark.parametrize("kernel", ["eager", "reference"])
+def test_gradient_single_step_is_boxcar(kernel):
     current = torch.tensor([[0.7, 1.2, 2.0, 0.2]], requires_grad=True)
-    lif(current, 0.5, 1.0).sum().backward()
+    lif(current, 0.5, 1.0, kernel=kernel).sum().backward()
     assert current.grad.tolist() == [[0.5, 0.5, 0.0, 0.0]]
 
 
-def test_gradient_hand_computed_two_steps():
+@pytest.mark.parametrize("kernel", ["eager", "reference"])
+def test_gradient_hand_computed_two_steps(kernel):
     # T=2, one neuron, I = [0.8, 0.4], a = 0.5, theta = 1. Loss = s[1].
     # u0 = 0.8 (no spike), u1 = 0.5*0.8 + 0.4 = 0.8 (no spike), both inside the window.
     # ds1/dI1 = 0.5; ds1/dI0 = ds1/du1 * du1/du0 = 0.5 * (a*(1 - s0) - a*u0*ds0/du0)
     #                                  = 0.5 * (0.5 - 0.5*0.8*0.5) = 0.15
     current = torch.tensor([[0.8], [0.4]], requires_grad=True)
-    lif(current, 0.5, 1.0)[1].sum().backward()
+    lif(current, 0.5, 1.0, kernel=kernel)[1].sum().backward()
     torch.testing.assert_close(current.grad, torch.tensor([[0.15], [0.5]]))
 
 
-def test_fused_matches_stepwise_reference_values_and_gradients():
+@pytest.mark.parametrize("surrogate", sorted(SURROGATES))
+@pytest.mark.parametrize("kernel", ["eager", "compiled"])
+def test_fused_kernels_match_the_stepwise_reference(kernel, surrogate):
+    """Outputs equal and gradients close for every kernel and surrogate, channels-last input
+    included (the kernels see it in memory order)."""
     torch.manual_seed(1)
-    current = (torch.randn(6, 4, 3, 5) * 0.8 + 0.7).requires_grad_()
-    weights = torch.randn(6, 4, 3, 5)
-    ref_current = current.detach().clone().requires_grad_()
-    fused = lif(current, 0.5, 1.0)
-    ref = reference_lif(ref_current, 0.5, 1.0)
-    assert torch.equal(fused, ref)
+    current = (torch.randn(6, 4, 3, 5, 2) * 0.8 + 0.7)
+    current = current.contiguous(memory_format=torch.channels_last_3d).requires_grad_()
+    weights = torch.randn(6, 4, 3, 5, 2)
+    ref_current = current.detach().contiguous().requires_grad_()
+    fused = lif(current, 0.5, 1.0, SURROGATES[surrogate], kernel)
+    ref = lif(ref_current, 0.5, 1.0, SURROGATES[surrogate], "reference")
+    assert torch.equal(fused, ref) and 0 < fused.mean() < 1
     (fused * weights).sum().backward()
     (ref * weights).sum().backward()
+    assert current.grad.stride() == current.stride()
     torch.testing.assert_close(current.grad, ref_current.grad, rtol=1e-5, atol=1e-6)
 
 
 def test_module_equals_function_and_keeps_no_state():
     x = torch.rand(5, 3, 7) * 2
-    layer = LIF(0.5, 1.0)
+    layer = LIF(0.5, 1.0, "atan")
     first = layer(x)
-    assert torch.equal(first, lif(x, 0.5, 1.0))
+    assert torch.equal(first, lif(x, 0.5, 1.0, atan))
     assert torch.equal(layer(x), first)  # no membrane state carried between calls
     assert not list(layer.buffers())
 
@@ -94,23 +134,16 @@ def test_other_decay_and_threshold():
     assert lif(current, 0.9, 1.2).squeeze(1).tolist() == [0.0, 0.0, 1.0, 0.0]
 
 
-def test_compiled_kernels_give_the_same_spikes_and_gradients():
-    from twinsnn.neurons import use_compiled_kernels
-    torch.manual_seed(2)
-    current = (torch.randn(5, 3, 4, 6) * 0.8 + 0.7).requires_grad_()
-    weights = torch.randn(5, 3, 4, 6)
-    eager = lif(current, 0.5, 1.0)
-    (eager * weights).sum().backward()
-    eager_grad = current.grad.clone()
-    current.grad = None
-    use_compiled_kernels(True)
-    try:
-        compiled = lif(current, 0.5, 1.0)
-        (compiled * weights).sum().backward()
-    finally:
-        use_compiled_kernels(False)
-    assert torch.equal(compiled, eager)
-    torch.testing.assert_close(current.grad, eager_grad, rtol=1e-6, atol=1e-7)
+def test_kernel_is_chosen_per_model():
+    cfg = ModelConfig(width=0.0625)
+    a, b = cifarnet(cfg, 10, 1, (28, 28)), cifarnet(cfg, 10, 1, (28, 28))
+    set_kernel(a, "reference")
+    neurons = lambda net: [m for m in net.modules() if isinstance(m, LIF)]  # noqa: E731
+    assert len(neurons(a)) == 7
+    assert {n.kernel for n in neurons(a)} == {"reference"}
+    assert {n.kernel for n in neurons(b)} == {"eager"}
+    with pytest.raises(ValueError, match="eager, compiled, reference"):
+        set_kernel(a, "fast")
 
 
 def test_bfloat16_currents_integrate_in_float32_and_spike_exactly():

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from twinsnn.config import QuantConfig
+from twinsnn.config import ModelConfig, QuantConfig
 from twinsnn.errors import ConfigError
 from twinsnn.models import cifarnet
 from twinsnn.quant import (baked, binarize, compress, compressed_layers, decompress, is_compressed,
@@ -11,7 +11,7 @@ from twinsnn.quant import (baked, binarize, compress, compressed_layers, decompr
 
 
 def small_net(image_size=(28, 28)):
-    return cifarnet(num_classes=10, in_channels=1, width=0.125, image_size=image_size)
+    return cifarnet(ModelConfig(width=0.125), 10, 1, image_size)
 
 
 def test_ternarize_eq6_exact_delta_boundaries():

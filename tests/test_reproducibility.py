@@ -1,5 +1,6 @@
 """Deterministic training, numerical faults, unwritable outputs and interruption."""
 import errno
+import hashlib
 import json
 import os
 import signal
@@ -14,8 +15,8 @@ from safetensors.torch import load_file
 from test_cli import TINY, assert_one_line_error, twinsnn
 from twinsnn.checkpoint import atomic_write, load_checkpoint
 from twinsnn.config import load_config
-from twinsnn.errors import CheckpointError, TwinsnnError
-from twinsnn.train import TrainingError, fit
+from twinsnn.errors import TrainingError, TwinsnnError, WriteError
+from twinsnn.train import fit
 
 
 @pytest.fixture(autouse=True)
@@ -138,7 +139,7 @@ def test_failed_write_keeps_the_previous_file(tmp_path):
             f.write(b"half")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    with pytest.raises(CheckpointError, match="No space left on device"):
+    with pytest.raises(WriteError, match="No space left on device"):
         atomic_write(path, disk_full)
 
     def killed(tmp):
@@ -176,3 +177,67 @@ def test_sigint_checkpoints_mid_epoch_and_resumes_bitwise(tmp_path, tiny_fmnist)
     twinsnn("train", *args, "--name", "stopped", "--resume", cwd=tmp_path, check_rc=0)
     a, b = weights(tmp_path / "runs" / "straight"), weights(run)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---- the numbers of training stay as they were -----------------------------------------
+
+GOLDEN_RUNS = {  # tiny runs that pass through TNA, both quantizers, the switch and the schedule
+    "tna-ternary": {"loss.strategy": "tna", "quant.mode": "ternary", "quant.start_epoch": 1,
+                    "quant.lr_at_switch": 0.004},
+    "single-binary": {"quant.mode": "binary", "quant.start_epoch": 1,
+                      "train.lr_step_unit": "epoch", "train.lr_step_size": 1},
+}
+# What those runs gave when this test was written (weights and metrics, times left out, as
+# SHA-256 prefixes). Floating-point sums depend on the CPU's vector instructions and on
+# torch, so the numbers are compared where they were recorded; record another platform with
+# `python tests/test_reproducibility.py`.
+GOLDEN = {
+    "Intel(R) Xeon(R) Processor | AVX512 | isa -,- | torch 2.13.0+cpu": {
+        "tna-ternary": {"weights": "1dfaf8d7f1d76298", "metrics": "cfc90ac0bb20e898"},
+        "single-binary": {"weights": "f9986e9694feaf02", "metrics": "36a8b0cd8e63b80e"}},
+    "Intel(R) Xeon(R) Processor | AVX2 | isa AVX2,AVX2 | torch 2.13.0+cpu": {
+        "tna-ternary": {"weights": "a2f7ffbe6f5d35ff", "metrics": "08df84431d177ba8"},
+        "single-binary": {"weights": "fba67fb8b145a106", "metrics": "09cfef5fc21e7c08"}},
+}
+
+
+def platform_key() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                if line.startswith("model name")), "unknown CPU")
+    isa = ",".join(os.environ.get(k, "-") for k in ("ONEDNN_MAX_CPU_ISA",
+                                                      "MKL_ENABLE_INSTRUCTIONS"))
+    return (f"{cpu} | {torch.backends.cpu.get_cpu_capability()} | isa {isa} | "
+            f"torch {torch.__version__}")
+
+
+def run_digests(data_dir, out_dir) -> dict:
+    digests = {}
+    for name, overrides in GOLDEN_RUNS.items():
+        fit(tiny(data_dir, out_dir, name, **overrides), progress=False)
+        tensors = weights(out_dir / name)
+        metrics = [{k: v for k, v in json.loads(line).items()
+                    if k not in ("epoch_time_s", "samples_per_s")}
+                   for line in (out_dir / name / "metrics.jsonl").read_text().splitlines()]
+        digests[name] = {
+            "weights": hashlib.sha256(b"".join(k.encode() + tensors[k].numpy().tobytes()
+                                               for k in sorted(tensors))).hexdigest()[:16],
+            "metrics": hashlib.sha256(json.dumps(metrics).encode()).hexdigest()[:16]}
+    return digests
+
+
+@pytest.mark.skipif(platform_key() not in GOLDEN, reason=f"no numbers recorded for this "
+                    f"platform ({platform_key()})")
+def test_training_numbers_are_bitwise_those_recorded(tmp_path, tiny_fmnist):
+    assert run_digests(tiny_fmnist, tmp_path / "runs") == GOLDEN[platform_key()]
+
+
+if __name__ == "__main__":  # print this platform's GOLDEN entry
+    import tempfile
+    from pathlib import Path
+
+    from conftest import write_tiny_fmnist
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = write_tiny_fmnist(Path(tmp))
+        print(f"    {platform_key()!r}: {run_digests(folder, Path(tmp) / 'runs')!r},")

@@ -1,4 +1,4 @@
-"""Measurements of a spiking network: firing rates per LIF layer."""
+"""Measurements of a spiking network: firing rates per spiking layer."""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -6,27 +6,27 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .neurons import LIF
+from .layers import SpikingBlock
 
 
 @contextmanager
 def firing_rates(model: nn.Module):
-    """Within the block, record the mean spike rate of every LIF layer over all forwards.
+    """Within the block, record the mean spike rate of the neurons of every ``SpikingBlock``
+    over all forwards.
 
-    Yields a dict filled on exit: ``{layer_name: spikes / (neurons * T * samples)}``.
+    Yields a dict filled on exit: ``{block_name: spikes / (neurons * T * samples)}``.
     """
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
     handles = []
-    for name, module in model.named_modules():
-        if isinstance(module, LIF):
-            layer = name.removesuffix(".lif")
+    for layer, block in model.named_modules():
+        if isinstance(block, SpikingBlock):
 
             def hook(_m, _inp, spikes_tb, layer=layer):
                 sums[layer] = sums.get(layer, 0) + spikes_tb.detach().float().sum()
                 counts[layer] = counts.get(layer, 0) + spikes_tb.numel()
 
-            handles.append(module.register_forward_hook(hook))
+            handles.append(block.neuron.register_forward_hook(hook))
     rates: dict[str, float] = {}
     try:
         yield rates

@@ -1,4 +1,9 @@
-"""Atomic, code-free persistence: training checkpoints and inference models.
+"""Atomic, code-free persistence: one atomic file writer, training checkpoints and
+inference models.
+
+Every file twinsnn writes whole (checkpoints, models, exports, caches, ``run.json``) goes
+through ``atomic_write``: a temporary file in the same folder, fsync, rename, fsync of the
+folder; it gets the mode a plain ``open`` would give (0666 less the umask).
 
 A training checkpoint (``checkpoint.pt``) holds every cohort member, the optimizer, the
 scheduler and the epoch count; it is read with ``torch.load(weights_only=True)``, which
@@ -12,18 +17,19 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 import warnings
 import zipfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save
 
-from .errors import CheckpointError, ConfigError
-from .models import build_model
+from . import quant
+from .config import Config, from_flat
+from .errors import CheckpointError, ConfigError, WriteError
+from .models import build_from_spec
 
 MODEL_FORMAT = "twinsnn-model/1"
 
@@ -39,36 +45,44 @@ def first_line(error: BaseException) -> str:
 
 
 def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then fsync and rename onto ``path``; the previous file stays
-    intact until the new one is complete, and a crash leaves at most a stray temp file.
-    A failed write (a full disk) raises ``CheckpointError``."""
+    """Call ``write(tmp_path)``, then fsync and rename it onto ``path`` and fsync the folder:
+    the previous file stays intact until the new one is complete, and a crash leaves at most
+    a stray temp file. A failed write (a full disk) raises ``WriteError``."""
     path = Path(path)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        write(tmp)
+        name = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # umask applies
+        tmp = name
+        write(str(tmp))
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except BaseException as e:
         if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
         if isinstance(e, OSError):
-            raise CheckpointError(f"cannot write {path} ({e.strerror or first_line(e)}); "
-                                  "any previous version of it is kept") from None
+            raise WriteError(f"cannot write {path} ({e.strerror or first_line(e)}); "
+                             "any previous version of it is kept") from None
         raise
-    fsync_dir(path.parent)
 
 
-def fsync_dir(folder: Path) -> None:
+def _fsync_dir(folder: Path) -> None:
     """Make a rename inside ``folder`` durable."""
     dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def save_safetensors(path: Path, tensors: dict, metadata: dict) -> None:
+    """``tensors`` and string ``metadata`` as a safetensors file, written by ``atomic_write``
+    (safetensors' own writer gives every file mode 0600)."""
+    data = save(tensors, metadata=metadata)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -103,11 +117,12 @@ def load_checkpoint(path: Path) -> dict:
 
 
 def build_from_header(spec, path, max_bytes: int) -> torch.nn.Module:
-    """``build_model(**spec)`` for a network a file describes. Sized on the meta device first:
-    ``CheckpointError`` when ``spec`` is invalid or its weights need more than ``max_bytes``."""
+    """``build_from_spec(spec)`` for a network a file describes. Sized on the meta device
+    first: ``CheckpointError`` when ``spec`` is invalid or its weights need more than
+    ``max_bytes``."""
     try:
         with torch.device("meta"):
-            shell = build_model(**spec)
+            shell = build_from_spec(spec)
         need = sum(t.numel() * t.element_size() for t in shell.state_dict().values())
     except Exception as e:  # any bad value in an untrusted header
         raise CheckpointError(f"{path}: cannot build the model it describes "
@@ -115,7 +130,7 @@ def build_from_header(spec, path, max_bytes: int) -> torch.nn.Module:
     if need > max_bytes:
         raise CheckpointError(f"{path}: describes a model of {need} bytes of weights, more "
                               f"than the {max_bytes} bytes it can hold")
-    return build_model(**spec)
+    return build_from_spec(spec)
 
 
 def _stored_bytes(tensors: dict) -> int:
@@ -134,18 +149,20 @@ def weights_epoch(state: dict) -> int:
     return state["epoch"] - 1 if state["step"] == 0 else state["epoch"]
 
 
+def checkpoint_config(state: dict, path: Path | str) -> Config:
+    """The config a loaded checkpoint was trained with (keys it predates at their defaults)."""
+    try:
+        return from_flat(state["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: its config is not valid ({e})") from None
+
+
 def member_from_checkpoint(state: dict, member: int = 0, path: Path | str = "checkpoint"):
     """Rebuild cohort member ``member`` of a loaded checkpoint, compressed as it was trained
     (only the base is ever compressed)."""
-    from . import quant
-    from .config import from_flat
-
     if not 0 <= member < len(state["members"]):
         raise CheckpointError(f"{path} has members 0..{len(state['members']) - 1}, not {member}")
-    try:
-        quant_cfg = from_flat(state["config"]).quant
-    except ConfigError as e:
-        raise CheckpointError(f"{path}: its config is not valid ({e})") from None
+    quant_cfg = checkpoint_config(state, path).quant
     weights = state["members"][member]
     model = build_from_header(state["meta"]["model"], path, _stored_bytes(weights))
     try:
@@ -160,10 +177,10 @@ def member_from_checkpoint(state: dict, member: int = 0, path: Path | str = "che
 
 def save_model(path: Path, model: torch.nn.Module, meta: dict) -> None:
     """The network alone, for inference: safetensors weights + JSON ``meta`` (``meta['model']``
-    holds the ``build_model`` arguments)."""
+    is its ``models.model_spec``)."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     header = {"format": MODEL_FORMAT, "meta": json.dumps(meta)}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+    save_safetensors(path, tensors, header)
 
 
 def read_model_meta(path: Path) -> dict:

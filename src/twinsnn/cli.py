@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from . import __version__
 from .errors import Interrupted, TwinsnnError
 
 DESCRIPTION = """\
@@ -18,6 +19,7 @@ typical use:
   twinsnn export runs/fmnist-cpu/checkpoint.pt -o model.tnn   the deployable 2-bit model
   twinsnn data check fashion-mnist              where the data is and whether it is intact
   twinsnn presets                               list the built-in configs
+  twinsnn config show --config fmnist-cpu-tna   every config key with its resolved value
 """
 
 
@@ -120,6 +122,12 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_config_show(args) -> int:
+    from .config import dump_yaml
+    print(dump_yaml(_config_from_args(args)), end="")
+    return 0
+
+
 def cmd_presets(_args) -> int:
     from .config import preset_names
     print("\n".join(preset_names()))
@@ -129,6 +137,7 @@ def cmd_presets(_args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="twinsnn", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"twinsnn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a network (or a TNA cohort) from a config")
@@ -184,6 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run folders")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("config", help="config utilities")
+    csub = p.add_subparsers(dest="config_command", metavar="ACTION")
+    c = csub.add_parser("show", help="the resolved config as YAML: every key, preset and "
+                                     "--set values applied")
+    _add_config_args(c)
+    c.set_defaults(func=cmd_config_show)
 
     p = sub.add_parser("presets", help="list the built-in configs")
     p.set_defaults(func=cmd_presets)

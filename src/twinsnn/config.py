@@ -8,6 +8,7 @@ field name (``alpha=1e-4`` means ``loss.alpha``). Unknown keys and bad values ra
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -35,13 +36,15 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = "cifarnet"
+    arch: str = "cifarnet"  # models.MODELS
     width: float = 1.0  # multiplies every channel and hidden count
     timesteps: int = 5  # T
     dropout: float = 0.2  # on the FC layers, one mask for all timesteps
     fc_norm: str = "batchnorm"  # batchnorm | none: normalization after each hidden FC
+    neuron: str = "lif"  # neurons.NEURONS: lif = eq. 1
     decay: float = 0.5  # LIF leak a in eq. 1
     threshold: float = 1.0  # LIF firing threshold theta in eq. 1
+    surrogate: str = "boxcar"  # neurons.SURROGATES, ds/du in the backward: boxcar = eq. 4
     readout_decay: float = 0.5  # leak of the non-spiking output potential; 0 = sum of currents
 
 
@@ -94,19 +97,23 @@ class Config:
     quant: QuantConfig = field(default_factory=QuantConfig)
 
 
-CHOICES = {
-    "data.name": ("fashion-mnist", "cifar10", "cifar100", "cifar10-dvs"),
-    "model.arch": ("cifarnet",),
-    "model.fc_norm": ("batchnorm", "none"),
-    "train.lr_step_unit": ("epoch", "batch"),
-    "train.device": ("auto", "cpu", "cuda"),
-    "train.precision": ("fp32", "bf16"),
-    "loss.strategy": ("single", "tna", "kd", "kd+ce"),
-    "loss.reduction": ("sum", "batchmean", "mean"),
-    "loss.match": ("logits", "potentials"),
-    "quant.mode": ("none", "ternary", "binary"),
-    "quant.scale": ("none", "layer", "channel"),
-}
+@functools.cache
+def choices() -> dict[str, tuple[str, ...]]:
+    """The valid values of every key that names something: the registries' names."""
+    from .data import DATASETS
+    from .losses import MATCHES, REDUCTIONS, STRATEGIES
+    from .models import FC_NORMS, MODELS
+    from .neurons import NEURONS, SURROGATES
+    from .quant import MODES, SCALES
+    from .runtime import DEVICES, PRECISIONS
+    return {"data.name": tuple(DATASETS), "model.arch": tuple(MODELS),
+            "model.fc_norm": FC_NORMS, "model.neuron": tuple(NEURONS),
+            "model.surrogate": tuple(SURROGATES), "train.lr_step_unit": ("epoch", "batch"),
+            "train.device": DEVICES, "train.precision": tuple(PRECISIONS),
+            "loss.strategy": STRATEGIES, "loss.reduction": REDUCTIONS, "loss.match": MATCHES,
+            "quant.mode": ("none", *MODES), "quant.scale": SCALES}
+
+
 POSITIVE = ("model.width", "model.timesteps", "model.threshold", "train.epochs",
             "train.batch_size", "train.eval_batch_size", "train.lr", "train.lr_gamma",
             "train.lr_step_size", "loss.members", "data.resolution")
@@ -190,8 +197,9 @@ def _coerce(key: str, value, kind):
 
 
 def _check(key: str, value) -> None:
-    if key in CHOICES and value not in CHOICES[key]:
-        raise ConfigError(f"{key} must be one of {', '.join(CHOICES[key])}; got {_show(value)}")
+    valid = choices().get(key)
+    if valid is not None and value not in valid:
+        raise ConfigError(f"{key} must be one of {', '.join(valid)}; got {_show(value)}")
     if key in POSITIVE and not value > 0:
         raise ConfigError(f"{key} must be positive, got {value!r}")
     if key in UNIT_INTERVAL and not 0 <= value <= 1:

@@ -20,5 +20,22 @@ class CheckpointError(TwinsnnError):
     """A checkpoint or exported model cannot be read or does not fit the model."""
 
 
+class WriteError(TwinsnnError):
+    """A file cannot be written (a full disk, no permission); any previous version is kept."""
+
+
+class TrainingError(TwinsnnError):
+    """Training cannot go on (a non-finite loss); the last good checkpoint is kept."""
+
+
 class Interrupted(KeyboardInterrupt):
     """Training stopped on SIGINT or SIGTERM after writing a checkpoint to resume from."""
+
+
+def lookup(registry: dict, name, key: str):
+    """``registry[name]``, or a ``ConfigError`` naming ``key`` and the valid names."""
+    try:
+        return registry[name]
+    except (KeyError, TypeError):
+        got = repr(name)[:80] if isinstance(name, str) else f"a {type(name).__name__}"
+        raise ConfigError(f"{key} must be one of {', '.join(registry)}; got {got}") from None

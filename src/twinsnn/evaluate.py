@@ -1,16 +1,43 @@
-"""Evaluate a saved network (inference model, training checkpoint or packed export) on
-the test (or validation) split of the data set it was trained on."""
+"""Inference: accuracy, mean loss, confusion matrix and firing rates of a network on a data
+split (``evaluate``), and of a saved network (inference model, training checkpoint or packed
+export) on the test (or validation) split of the data set it was trained on."""
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+
+from .analysis import firing_rates
 from .checkpoint import load_checkpoint, load_model, member_from_checkpoint
 from .config import from_flat
-from .data import build_data
+from .data import Dataset, build_data
+from .data.transforms import Preprocess
 from .errors import CheckpointError, ConfigError
-from .neurons import use_compiled_kernels
-from .train import Preprocess, evaluate, memory_format, resolve_device
+from .runtime import place, resolve_device
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, data: Dataset, preprocess: Preprocess, batch_size: int,
+             device: torch.device, num_classes: int) -> dict:
+    """Accuracy, mean CE, confusion matrix ``[true, predicted]`` and firing rates."""
+    was_training = model.training
+    model.eval()
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
+    loss_sum = torch.zeros((), device=device)
+    with firing_rates(model) as rates:
+        for start in range(0, len(data), batch_size):
+            x = preprocess(data.x[start:start + batch_size].to(device))
+            y = data.y[start:start + batch_size].to(device)
+            logits = model(x)
+            loss_sum += F.cross_entropy(logits, y, reduction="sum")
+            confusion += torch.bincount(y * num_classes + logits.argmax(1),
+                                        minlength=num_classes ** 2).view(num_classes, num_classes)
+    model.train(was_training)
+    n = max(len(data), 1)
+    return {"acc": confusion.diag().sum().item() / n, "loss": loss_sum.item() / n,
+            "confusion": confusion.cpu().tolist(), "rates": rates}
 
 
 def load_for_eval(path: Path, member: int = 0):
@@ -40,9 +67,8 @@ def evaluate_file(path: Path, member: int = 0, data_dir: str | None = None,
     if data_dir is not None:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dir=data_dir))
     dev = resolve_device(device)
-    use_compiled_kernels(cfg.train.compile)
     data = build_data(cfg.data, cfg.model.timesteps)
-    model = model.to(dev, memory_format=memory_format(cfg)).eval()
+    model = place(model, cfg.train, dev).eval()
     dataset = data.test if split == "test" else data.val
     preprocess = Preprocess(data, False, cfg.train.channels_last)
     result = evaluate(model, dataset, preprocess, cfg.train.eval_batch_size, dev, data.num_classes)

@@ -16,17 +16,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save
 from torch import nn
 
-from .checkpoint import build_from_header, first_line
+from .checkpoint import build_from_header, first_line, save_safetensors
 from .errors import CheckpointError
 from .quant import (pack_binary, pack_ternary, quant_codes, quant_scale, quantizer,
                     unpack_binary, unpack_ternary)
@@ -34,8 +31,6 @@ from .quant import (pack_binary, pack_ternary, quant_codes, quant_scale, quantiz
 FORMAT = "twinsnn-packed"
 VERSION = 1
 METADATA_KEY = "twinsnn"
-MODEL_KWARGS = ("width", "timesteps", "num_classes", "in_channels", "image_size", "fc_norm",
-                "decay", "threshold", "readout_decay", "dropout")
 CODE_BITS = {"ternary": 2, "binary": 1}
 MAX_EXPANSION = 32  # a stored weight takes at least 1 bit; rebuilt, 32
 
@@ -66,26 +61,14 @@ def _packed_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str
 
 def export_packed(model: nn.Module, meta: dict, path) -> Path:
     """Write ``model`` (weights and BatchNorm state, no optimizer) with its JSON-able ``meta``
-    to ``path`` atomically; returns the path. ``meta`` holds ``arch`` and the ``build_model``
-    kwargs, at its top level or under ``meta["model"]``."""
+    to ``path`` atomically; returns the path. ``meta`` holds the ``models.model_spec``, at its
+    top level or under ``meta["model"]``."""
     if "arch" not in _model_spec(meta):
         raise ValueError("meta must name the model 'arch' (top level or under 'model')")
     path = Path(path)
     tensors, layers = _packed_tensors(model)
     header = {"format": FORMAT, "version": VERSION, "meta": meta, "layers": layers}
-    data = save(tensors, metadata={METADATA_KEY: json.dumps(header)})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_safetensors(path, tensors, {METADATA_KEY: json.dumps(header)})
     return path
 
 
@@ -114,18 +97,13 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def _model_spec(meta: dict) -> dict:
-    """The ``build_model`` arguments in ``meta``: ``meta["model"]`` if that is a dict, else
-    ``meta`` itself."""
+    """The ``models.model_spec`` in ``meta``: ``meta["model"]`` if that is a dict, else ``meta``
+    itself."""
     return meta["model"] if isinstance(meta.get("model"), dict) else meta
 
 
 def _build(path: Path, meta: dict) -> nn.Module:
-    spec = _model_spec(meta)
-    kwargs = {k: spec[k] for k in MODEL_KWARGS if k in spec}
-    if isinstance(kwargs.get("image_size"), list):
-        kwargs["image_size"] = tuple(kwargs["image_size"])
-    return build_from_header({"arch": spec.get("arch"), **kwargs}, path,
-                             MAX_EXPANSION * path.stat().st_size)
+    return build_from_header(_model_spec(meta), path, MAX_EXPANSION * path.stat().st_size)
 
 
 def _weight(path: Path, name: str, entry: dict, module: nn.Module,

@@ -8,8 +8,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .neurons import LIF
-
 
 def fold(x_tb: torch.Tensor) -> torch.Tensor:
     """``[T, B, ...] -> [T*B, ...]``."""
@@ -41,14 +39,15 @@ class TimeSharedDropout(nn.Module):
 
 
 class SpikingBlock(nn.Module):
-    """``synapse -> norm -> LIF [-> pool] [-> dropout]`` over ``[T, B, ...]``."""
+    """``synapse -> norm -> neuron [-> pool] [-> dropout]`` over ``[T, B, ...]``; the neuron
+    maps currents ``[T, B, ...]`` to spikes of the same shape."""
 
-    def __init__(self, synapse: nn.Module, norm: nn.Module, lif: LIF,
+    def __init__(self, synapse: nn.Module, norm: nn.Module, neuron: nn.Module,
                  pool: nn.Module | None = None, dropout: nn.Module | None = None):
         super().__init__()
         self.synapse = synapse
         self.norm = norm
-        self.lif = lif
+        self.neuron = neuron
         self.pool = pool or nn.Identity()
         self.dropout = dropout or nn.Identity()
 
@@ -62,7 +61,7 @@ class SpikingBlock(nn.Module):
         return self._fire(current.expand(timesteps, *current.shape))
 
     def _fire(self, current_tb: torch.Tensor) -> torch.Tensor:
-        spikes_tb = self.lif(current_tb)
+        spikes_tb = self.neuron(current_tb)
         if not isinstance(self.pool, nn.Identity):
             spikes_tb = unfold(self.pool(fold(spikes_tb)), spikes_tb.shape[0])
         return self.dropout(spikes_tb)

@@ -17,7 +17,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+STRATEGIES = ("single", "tna", "kd", "kd+ce")
 REDUCTIONS = ("sum", "batchmean", "mean")
+MATCHES = ("logits", "potentials")  # what the matching term compares
 
 
 def _logits(output: torch.Tensor) -> torch.Tensor:

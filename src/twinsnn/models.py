@@ -2,26 +2,30 @@
 
     128C3-256C3-AP2-512C3-AP2-1024C3-512C3-1024FC-512FC-Out
 
-Every channel and hidden count is scaled by ``width``. Each conv is followed by BatchNorm
-and a LIF layer; each hidden FC by an optional normalization (``fc_norm``), a LIF layer and
-time-shared dropout. The image enters the first conv at every timestep (direct encoding).
+Built from a ``ModelConfig``: every channel and hidden count is scaled by ``width``. Each
+conv is followed by BatchNorm and a layer of spiking neurons (``neuron``, LIF: eq. 1, with
+the ``surrogate`` gradient); each hidden FC by an optional normalization (``fc_norm``),
+spiking neurons and time-shared dropout. The image enters the first conv at every timestep
+(direct encoding).
 The output layer does not spike: its membrane potential integrates the input current
 (``u[t] = r * u[t-1] + I[t]`` with ``r = readout_decay``) and the logits are ``sum_t u[t]``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
 
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from .config import ModelConfig, from_flat
+from .errors import ConfigError, lookup
 from .layers import SpikingBlock, TimeSharedDropout, fold, unfold
-from .neurons import LIF, state_dtype
+from .neurons import NEURONS, state_dtype
 
 CIFARNET_CONVS = (128, 256, "P", 512, "P", 1024, 512)  # "P": 2x2 average pool
 CIFARNET_FCS = (1024, 512)
 FC_NORMS = ("batchnorm", "none")
+SHAPE_KEYS = ("num_classes", "in_channels", "image_size")  # what a network takes from its data
 
 
 def _scaled(n: int, width: float) -> int:
@@ -29,41 +33,46 @@ def _scaled(n: int, width: float) -> int:
 
 
 class SpikingCNN(nn.Module):
-    """A stack of spiking conv blocks, spiking FC blocks and a non-spiking readout.
+    """A stack of spiking conv blocks, spiking FC blocks and a non-spiking readout, as
+    ``cfg`` (a ``ModelConfig``) says.
 
     Input ``[B, C, H, W]`` (static image, repeated over T) or ``[T, B, C, H, W]`` (frames).
     ``potentials`` returns the output membrane potentials ``[T, B, classes]``; ``forward``
     returns the logits ``[B, classes]``, their sum over T.
     """
 
-    def __init__(self, convs, fcs, num_classes: int, in_channels: int, image_size,
-                 timesteps: int, dropout: float, fc_norm: str, decay: float,
-                 threshold: float, readout_decay: float):
+    def __init__(self, convs, fcs, cfg: ModelConfig, num_classes: int, in_channels: int,
+                 image_size):
         super().__init__()
-        if fc_norm not in FC_NORMS:
-            raise ConfigError(f"model.fc_norm must be one of {FC_NORMS}, got {fc_norm!r}")
+        if cfg.fc_norm not in FC_NORMS:
+            raise ConfigError(f"model.fc_norm must be one of {FC_NORMS}, got {cfg.fc_norm!r}")
+        neuron = lookup(NEURONS, cfg.neuron, "model.neuron")
         height, width = image_size
         pools = sum(c == "P" for c in convs)
         if height % 2**pools or width % 2**pools:
             raise ConfigError(f"image size {height}x{width} must be divisible by {2**pools}")
-        self.timesteps = timesteps
-        self.readout_decay = readout_decay
+        self.timesteps = cfg.timesteps
+        self.readout_decay = cfg.readout_decay
+
+        def spiking():
+            return neuron(decay=cfg.decay, threshold=cfg.threshold, surrogate=cfg.surrogate)
+
         blocks, channels = [], in_channels
         for spec in convs:
             if spec == "P":
                 blocks[-1].pool = nn.AvgPool2d(2)
                 continue
             conv = nn.Conv2d(channels, spec, 3, padding=1, bias=False)
-            blocks.append(SpikingBlock(conv, nn.BatchNorm2d(spec), LIF(decay, threshold)))
+            blocks.append(SpikingBlock(conv, nn.BatchNorm2d(spec), spiking()))
             channels = spec
         self.convs = nn.ModuleList(blocks)
         features = channels * (height // 2**pools) * (width // 2**pools)
         blocks = []
         for hidden in fcs:
-            norm = nn.BatchNorm1d(hidden) if fc_norm == "batchnorm" else nn.Identity()
-            linear = nn.Linear(features, hidden, bias=fc_norm == "none")
-            blocks.append(SpikingBlock(linear, norm, LIF(decay, threshold),
-                                       dropout=TimeSharedDropout(dropout)))
+            norm = nn.BatchNorm1d(hidden) if cfg.fc_norm == "batchnorm" else nn.Identity()
+            linear = nn.Linear(features, hidden, bias=cfg.fc_norm == "none")
+            blocks.append(SpikingBlock(linear, norm, spiking(),
+                                       dropout=TimeSharedDropout(cfg.dropout)))
             features = hidden
         self.fcs = nn.ModuleList(blocks)
         self.out = nn.Linear(features, num_classes)
@@ -96,22 +105,45 @@ class SpikingCNN(nn.Module):
         return self.potentials(x).sum(0)
 
 
-def cifarnet(num_classes: int = 10, in_channels: int = 3, width: float = 1.0,
-             timesteps: int = 5, dropout: float = 0.2, image_size=(32, 32),
-             fc_norm: str = "batchnorm", decay: float = 0.5, threshold: float = 1.0,
-             readout_decay: float = 0.5) -> SpikingCNN:
-    """The paper's spiking CIFARNet with every channel and hidden count scaled by ``width``."""
-    convs = tuple(c if c == "P" else _scaled(c, width) for c in CIFARNET_CONVS)
-    fcs = tuple(_scaled(n, width) for n in CIFARNET_FCS)
-    return SpikingCNN(convs, fcs, num_classes, in_channels, image_size, timesteps, dropout,
-                      fc_norm, decay, threshold, readout_decay)
+def cifarnet(cfg: ModelConfig = ModelConfig(), num_classes: int = 10, in_channels: int = 3,
+             image_size=(32, 32)) -> SpikingCNN:
+    """The paper's spiking CIFARNet with every channel and hidden count scaled by ``cfg.width``."""
+    convs = tuple(c if c == "P" else _scaled(c, cfg.width) for c in CIFARNET_CONVS)
+    fcs = tuple(_scaled(n, cfg.width) for n in CIFARNET_FCS)
+    return SpikingCNN(convs, fcs, cfg, num_classes, in_channels, image_size)
 
 
 MODELS = {"cifarnet": cifarnet}
 
 
-def build_model(arch: str, **kwargs) -> SpikingCNN:
-    """Look up ``arch`` in ``MODELS`` and build it."""
-    if arch not in MODELS:
-        raise ConfigError(f"unknown model {arch!r}; choose one of {sorted(MODELS)}")
-    return MODELS[arch](**kwargs)
+def build_model(cfg: ModelConfig, num_classes: int, in_channels: int, image_size) -> SpikingCNN:
+    """The network ``cfg.arch`` of ``MODELS``, for data of that many classes, channels and size."""
+    return lookup(MODELS, cfg.arch, "model.arch")(cfg, num_classes, in_channels, image_size)
+
+
+def model_spec(cfg: ModelConfig, num_classes: int, in_channels: int, image_size) -> dict:
+    """What a file records to rebuild the network: every ``ModelConfig`` field and the shape of
+    the data (JSON-able)."""
+    return {**dataclasses.asdict(cfg), "num_classes": num_classes, "in_channels": in_channels,
+            "image_size": list(image_size)}
+
+
+def parse_spec(spec: dict) -> tuple[ModelConfig, int, int, tuple[int, int]]:
+    """``(cfg, num_classes, in_channels, image_size)`` of a ``model_spec``, its values checked
+    as config values are. ``ModelConfig`` fields it lacks take their defaults (files written
+    before the field existed); keys that are neither fields nor ``SHAPE_KEYS`` are ignored."""
+    if not isinstance(spec, dict):
+        raise ConfigError(f"a model spec is a mapping, not a {type(spec).__name__}")
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    cfg = from_flat({f"model.{k}": v for k, v in spec.items() if k in fields}).model
+    num_classes, in_channels, size = (spec.get(k) for k in SHAPE_KEYS)
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(
+            type(n) is int and n > 0 for n in (num_classes, in_channels, *size))):
+        raise ConfigError("a model spec needs positive integers num_classes and in_channels "
+                          "and an image_size of two")
+    return cfg, num_classes, in_channels, tuple(size)
+
+
+def build_from_spec(spec: dict) -> SpikingCNN:
+    """The network a ``model_spec`` describes (see ``parse_spec``)."""
+    return build_model(*parse_spec(spec))

@@ -34,7 +34,7 @@ def build_data(cfg, timesteps: int) -> DataSplits:
         train = train.subset(torch.arange(cfg.train_limit))
         split["train_size"] = cfg.train_limit
     return DataSplits(cfg.name, train, val, test, source.NUM_CLASSES, source.MEAN, source.STD,
-                      {**split, **provenance})
+                      source.AUGMENTATION, {**split, **provenance})
 
 
 __all__ = ["DATASETS", "DataSplits", "Dataset", "build_data", "dataset_module"]

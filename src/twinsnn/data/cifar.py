@@ -12,11 +12,9 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-import os
 import pickle
 import pickletools
 import tarfile
-import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import store
 from ..errors import DataError
 from .idx import read_at_most
 from .splits import Dataset
@@ -159,14 +158,6 @@ def parse_batch(raw: bytes, name: str, rows: int, label_key: str, num_classes: i
     return data.reshape(rows, 3, 32, 32), np.array(labels, dtype=np.int64)
 
 
-def looked_in(dirs: list[Path]) -> str:
-    """The searched folders for a report: each marked when missing; or why there were none."""
-    if not dirs:
-        return "no folder (no --data-dir given and TWINSNN_DATA not set)"
-    listed = ", ".join(f"{d}" if d.is_dir() else f"{d} (missing)" for d in dirs)
-    return listed + (" and its subfolders" if len(dirs) == 1 else " and their subfolders")
-
-
 def md5_file(path: Path) -> str:
     h = hashlib.md5()
     with open(path, "rb") as f:
@@ -207,23 +198,16 @@ class Cifar:
     def _members(self) -> list[str]:
         return [name for name, _ in self.train_files + self.test_files]
 
-    def candidate_dirs(self, data_dir: str | Path | None) -> list[Path]:
-        """Where to look, in order: --data-dir, then $TWINSNN_DATA."""
-        return [Path(d) for d in (data_dir, os.environ.get("TWINSNN_DATA")) if d]
+    def _holds(self, base: Path) -> Path | None:
+        for folder in (base / self.folder, base):
+            if all((folder / name).is_file() for name in self._members()):
+                return folder
+        return base / self.archive if (base / self.archive).is_file() else None
 
     def locate(self, data_dir: str | Path | None) -> Path | None:
         """The extracted folder holding every batch file, else the archive, in the first
-        candidate directory or one of its subfolders that has either; None if none has."""
-        for d in self.candidate_dirs(data_dir):
-            if not d.is_dir():
-                continue
-            for base in [d, *sorted(p for p in d.iterdir() if p.is_dir())]:
-                for folder in (base / self.folder, base):
-                    if all((folder / name).is_file() for name in self._members()):
-                        return folder
-                if (base / self.archive).is_file():
-                    return base / self.archive
-        return None
+        searched folder (``store.locate``) that has either; None if none has."""
+        return store.locate(data_dir, self._holds)
 
     def _verify(self, where, key: str, got: str) -> None:
         expected = CHECKSUMS[key]
@@ -288,25 +272,10 @@ class Cifar:
         return stack(self.train_files), stack(self.test_files)
 
     def download(self, target: Path) -> Path:
-        """Fetch the archive into ``target`` (to a ``.part`` file, verified, then renamed)."""
-        target.mkdir(parents=True, exist_ok=True)
-        dest = target / self.archive
-        tmp = dest.with_name(dest.name + ".part")
-        try:
-            urllib.request.urlretrieve(URL + self.archive, tmp)
-            self._verify(tmp, self.archive, md5_file(tmp))
-        except DataError:
-            tmp.unlink(missing_ok=True)
-            raise
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise DataError(f"could not download {URL + self.archive} ({e}); "
-                            f"{self.how_to_get}") from None
-        os.replace(tmp, dest)
-        return dest
-
-    def _looked(self, data_dir) -> str:
-        return looked_in(self.candidate_dirs(data_dir))
+        """Fetch the archive into ``target`` (verified before it is renamed into place)."""
+        return store.download(URL + self.archive, target / self.archive,
+                              lambda tmp: self._verify(tmp, self.archive, md5_file(tmp)),
+                              self.how_to_get)
 
     def load(self, cfg, timesteps: int | None = None):
         """Train and test sets as ``Dataset`` of uint8 ``[N, 3, 32, 32]`` (N = 50,000 and
@@ -320,7 +289,7 @@ class Cifar:
         if source is None and cfg.download:
             source = self.download(Path(cfg.dir or "data") / self.key)
         if source is None:
-            raise DataError(f"{self.title} not found (looked in {self._looked(cfg.dir)}); "
+            raise DataError(f"{self.title} not found (looked in {store.looked_in(cfg.dir)}); "
                             f"{self.how_to_get}")
         train, test = self.read(source, cfg.verify)
         return train, test, {"data_path": str(source)}
@@ -328,7 +297,7 @@ class Cifar:
     def check(self, cfg) -> tuple[bool, str]:
         """(usable, report): where it looked, what it found, whether checksums and contents
         are right."""
-        lines = [f"{self.title}: looked in {self._looked(cfg.dir)}"]
+        lines = [f"{self.title}: looked in {store.looked_in(cfg.dir)}"]
         source = self.locate(cfg.dir)
         if source is None:
             return False, "\n".join(lines + [f"  not found; {self.how_to_get}"])

@@ -16,16 +16,15 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..checkpoint import fsync_dir
-from ..errors import ConfigError, DataError
-from .cifar import looked_in
+from . import store
+from ..checkpoint import atomic_write
+from ..errors import ConfigError, DataError, WriteError
 from .idx import read_at_most
 from .splits import Dataset
 
@@ -95,20 +94,13 @@ def frame_events(x, y, p, t, timesteps: int, resolution: int) -> np.ndarray:
     return frames.reshape(timesteps, 2, resolution, resolution)
 
 
-def candidate_dirs(data_dir: str | Path | None) -> list[Path]:
-    """Where to look, in order: --data-dir, then $TWINSNN_DATA."""
-    return [Path(d) for d in (data_dir, os.environ.get("TWINSNN_DATA")) if d]
+def _holds(folder: Path) -> Path | None:
+    return folder if all((folder / c).is_dir() for c in CLASSES) else None
 
 
 def locate(data_dir: str | Path | None) -> Path | None:
-    """The first candidate directory, or subfolder of one, that holds all ten class folders."""
-    for d in candidate_dirs(data_dir):
-        if not d.is_dir():
-            continue
-        for root in [d, *sorted(p for p in d.iterdir() if p.is_dir())]:
-            if all((root / c).is_dir() for c in CLASSES):
-                return root
-    return None
+    """The searched folder (``store.locate``) that holds all ten class folders, or None."""
+    return store.locate(data_dir, _holds)
 
 
 def recordings(root: Path) -> list[tuple[Path, int]]:
@@ -179,37 +171,27 @@ def read_cache(path: Path, key: dict) -> tuple[torch.Tensor, torch.Tensor] | Non
 
 
 def write_cache(path: Path, key: dict, x: np.ndarray, y: np.ndarray) -> None:
-    """Write atomically: a temporary file in the same folder, fsync, then rename over ``path``,
-    so a crash leaves either no cache or a whole one."""
+    """Write atomically (``checkpoint.atomic_write``), so a crash leaves either no cache or a
+    whole one."""
     parts = [memoryview(np.ascontiguousarray(a, dtype=d)).cast("B")
              for a, d in ((y, "<i8"), (x, "<f2"))]
     digest = hashlib.sha256()
     for part in parts:
         digest.update(part)
     header = json.dumps({"key": key, "sha256": digest.hexdigest()}).encode()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
             f.write(header + b"\n")
             for part in parts:
                 f.write(part)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+
+    atomic_write(path, write)
 
 
 def default_cache_dir(root: Path) -> Path:
     """``<data folder>/cache`` where the data folder is writable, else ``~/.cache/twinsnn``."""
     return root / "cache" if os.access(root, os.W_OK) else Path.home() / ".cache" / "twinsnn"
-
-
-def _looked(data_dir) -> str:
-    return looked_in(candidate_dirs(data_dir))
 
 
 def load(cfg, timesteps: int):
@@ -222,7 +204,8 @@ def load(cfg, timesteps: int):
     root = locate(cfg.dir)
     if root is None:
         why = "automatic download is not offered for it; " if cfg.download else ""
-        raise DataError(f"CIFAR10-DVS not found (looked in {_looked(cfg.dir)}); {why}{HOW_TO_GET}")
+        raise DataError(f"CIFAR10-DVS not found (looked in {store.looked_in(cfg.dir)}); "
+                        f"{why}{HOW_TO_GET}")
     files = recordings(root)
     key = cache_key(root, files, timesteps, cfg.resolution)
     path = cache_path(Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(root), key)
@@ -234,8 +217,8 @@ def load(cfg, timesteps: int):
         y = np.array([label for _, label in files], dtype=np.int64)
         try:
             write_cache(path, key, x, y)
-        except OSError as e:
-            warnings.warn(f"could not write the CIFAR10-DVS cache {path} ({e}); "
+        except WriteError as e:
+            warnings.warn(f"could not write the CIFAR10-DVS cache ({e}); "
                           "the next run frames the recordings again", stacklevel=2)
         cached = torch.from_numpy(x), torch.from_numpy(y)
     x, y = cached
@@ -250,7 +233,7 @@ def load(cfg, timesteps: int):
 def check(cfg) -> tuple[bool, str]:
     """(usable, report): where it looked, the recordings per class, and every file that fails
     to parse. Usable when every file parses and every class has recordings."""
-    lines = [f"CIFAR10-DVS: looked in {_looked(cfg.dir)}"]
+    lines = [f"CIFAR10-DVS: looked in {store.looked_in(cfg.dir)}"]
     root = locate(cfg.dir)
     if root is None:
         return False, "\n".join(lines + [f"  not found; {HOW_TO_GET}"])

@@ -1,10 +1,9 @@
 """Fashion-MNIST (Xiao et al. 2017) from its four standard IDX ``.gz`` files."""
 from __future__ import annotations
 
-import os
-import urllib.request
 from pathlib import Path
 
+from . import store
 from ..errors import DataError
 from .idx import read_idx_gz
 from .splits import Dataset
@@ -29,56 +28,34 @@ HOW_TO_GET = ("get it with `apt-get install dataset-fashion-mnist`, or put the f
               f"files from {URL} in a folder and pass --data-dir (or set TWINSNN_DATA)")
 
 
-def candidate_dirs(data_dir: str | Path | None) -> list[Path]:
-    """Where to look: --data-dir if given, else $TWINSNN_DATA if set, else Debian's package
-    location; each folder itself or its ``fashion-mnist`` subfolder."""
-    if data_dir:
-        root = Path(data_dir)
-    elif os.environ.get("TWINSNN_DATA"):
-        root = Path(os.environ["TWINSNN_DATA"])
-    else:
-        return [DEBIAN_DIR]
-    return [root, root / "fashion-mnist"]
+def _holds(folder: Path) -> Path | None:
+    return folder if all((folder / name).is_file() for name, _ in FILES.values()) else None
 
 
 def locate(data_dir: str | Path | None) -> Path | None:
-    """The first candidate folder that holds all four files, or None."""
-    for d in candidate_dirs(data_dir):
-        if all((d / name).is_file() for name, _ in FILES.values()):
-            return d
-    return None
+    """The folder holding all four files (``store.locate``), or None."""
+    return store.locate(data_dir, _holds, (DEBIAN_DIR,))
 
 
 def download(target: Path) -> Path:
-    """Fetch the four files into ``target`` (verified after download, written atomically)."""
-    target.mkdir(parents=True, exist_ok=True)
+    """Fetch the four files into ``target`` (each verified before it is renamed into place)."""
     for name, sha in FILES.values():
-        dest = target / name
-        if dest.is_file():
-            continue
-        tmp = dest.with_suffix(dest.suffix + ".part")
-        try:
-            urllib.request.urlretrieve(URL + name, tmp)
-            read_idx_gz(tmp, sha)
-        except DataError:
-            tmp.unlink(missing_ok=True)
-            raise
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise DataError(f"could not download {URL + name} ({e}); {HOW_TO_GET}") from None
-        os.replace(tmp, dest)
+        if not (target / name).is_file():
+            store.download(URL + name, target / name, lambda tmp: read_idx_gz(tmp, sha),
+                            HOW_TO_GET)
     return target
 
 
 def _looked(data_dir) -> str:
-    return ", ".join(str(d) for d in candidate_dirs(data_dir))
+    return store.looked_in(data_dir, (DEBIAN_DIR,))
 
 
 def load(cfg, timesteps: int | None = None):
     """Train and test sets as ``Dataset`` of uint8 ``[N, 1, 28, 28]`` and int64 labels.
 
-    ``cfg`` is a ``DataConfig`` (``timesteps`` matters only to event data): ``cfg.dir`` is searched first; with ``cfg.download`` the
-    files are fetched into ``cfg.dir`` (or ``./data/fashion-mnist``) when found nowhere.
+    ``cfg`` is a ``DataConfig`` (``timesteps`` matters only to event data); the files are
+    found as ``store`` says, and with ``cfg.download`` fetched into ``cfg.dir`` (or ``./data``)
+    ``/fashion-mnist`` when found nowhere.
     """
     folder = locate(cfg.dir)
     if folder is None and cfg.download:

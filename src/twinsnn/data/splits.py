@@ -32,6 +32,7 @@ class DataSplits:
     num_classes: int
     mean: tuple[float, ...]  # per channel, for pixel values in [0, 1]
     std: tuple[float, ...]
+    augmentation: str  # a key of transforms.AUGMENTATIONS
     split: dict  # how val (and test, where not official) were carved; recorded in run.json
 
     @property

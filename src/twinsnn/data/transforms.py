@@ -1,4 +1,5 @@
-"""Batched augmentation on the tensor's own device: one call per batch, no loop over samples.
+"""Preprocessing of batches on the tensor's own device: one call per batch, no loop over
+samples.
 
 Images arrive as uint8 ``[B, C, H, W]``; they leave as normalized float ``[B, C, H, W]``.
 Every random draw comes from the ``generator`` passed in, so a batch is reproducible from it.
@@ -6,6 +7,8 @@ Every random draw comes from the ``generator`` passed in, so a batch is reproduc
 from __future__ import annotations
 
 import torch
+
+from .splits import DataSplits
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:
@@ -67,3 +70,22 @@ def random_rotate_shear(x: torch.Tensor, generator: torch.Generator, max_rotatio
 
 
 AUGMENTATIONS = {"crop_flip": random_crop_flip, "rotate_shear": random_rotate_shear}
+
+
+class Preprocess:
+    """uint8 samples -> normalized float model input; augments when given a generator.
+    Frames ``[B, T, C, H, W]`` leave time-major ``[T, B, C, H, W]``."""
+
+    def __init__(self, data: DataSplits, augment: bool, channels_last: bool = False):
+        self.mean, self.std = data.mean, data.std
+        self.augmentation = AUGMENTATIONS[data.augmentation] if augment else None
+        self.channels_last = channels_last
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None):
+        x = to_unit(x)
+        if generator is not None and self.augmentation is not None:
+            x = self.augmentation(x, generator)
+        x = normalize(x, self.mean, self.std)
+        if x.dim() == 5:
+            return x.transpose(0, 1)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x

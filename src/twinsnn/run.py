@@ -1,0 +1,216 @@
+"""The run folder ``<out_dir>/<name>/`` and its life: start, resume, branch, stop.
+
+- ``run.json``: the resolved config, member seeds, data split, versions and machine;
+- ``metrics.jsonl``: one line per epoch;
+- ``checkpoint.pt``: every member, the optimizer, the schedule and the position in the data,
+  written after every epoch and, when the run is stopped, mid-epoch (with the RNG states and
+  the running sums of the epoch);
+- ``model.safetensors``: the base network, at the end.
+
+A run starts fresh, continues from its own checkpoint (``resume``), or starts from another
+run's end-of-epoch checkpoint (``branch_from``) where that gives bitwise the run its config
+gives from scratch (``check_branch``). ``StopSignal`` turns SIGINT/SIGTERM into a flag that
+the loop reads after every step.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import time
+from pathlib import Path
+
+import torch
+
+from . import __version__, quant
+from .checkpoint import (atomic_write, checkpoint_config, first_line, load_checkpoint,
+                         save_checkpoint, save_model, weights_epoch)
+from .config import Config, to_dict, to_flat
+from .errors import CheckpointError, ConfigError, TrainingError, TwinsnnError
+
+# Keys that may differ between a run and the run it branches from: they do not shape the
+# epochs already trained (quant.* only while neither run compresses before the branch point).
+BRANCH_FREE_KEYS = ("name", "out_dir", "data.dir", "train.epochs", "train.eval_test",
+                    "train.eval_batch_size")
+
+
+class StopSignal:
+    """SIGINT/SIGTERM set ``requested``; the loop finishes its step, checkpoints and stops."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self):
+        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _handle(self, signum, _frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def machine_info(device: torch.device) -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def check_branch(state: dict, cfg: Config, source: Path) -> None:
+    """Raise ``ConfigError`` unless training ``cfg`` from ``state`` (an end-of-epoch
+    checkpoint) gives bitwise the run ``cfg`` would give from scratch: the configs agree on
+    everything that shaped the epochs done, and ``cfg`` has epochs left."""
+    done, their_cfg = state["epoch"], checkpoint_config(state, source)
+    theirs, ours = to_flat(their_cfg), to_flat(cfg)
+    if state.get("step", 0) != 0:
+        raise ConfigError(f"{source} was written mid-epoch; branch from the end of an epoch "
+                          "(resume that run first)")
+    if done >= cfg.train.epochs:
+        raise ConfigError(f"{source} has {done} epochs done; the config trains "
+                          f"{cfg.train.epochs}: raise train.epochs to branch from it")
+    quant_same = all(theirs[k] == v for k, v in ours.items() if k.startswith("quant."))
+    compressed = (quant.compression_on(c.quant, done - 1) for c in (their_cfg, cfg))
+    if not quant_same and any(compressed):
+        raise ConfigError(f"{source} and the config differ in quant.* before epoch {done}; "
+                          "branch from a checkpoint written before compression starts")
+    differ = sorted(k for k in ours if theirs[k] != ours[k]
+                    and k not in BRANCH_FREE_KEYS and not k.startswith("quant."))
+    if differ:
+        raise ConfigError(f"{source} was trained with other values of {', '.join(differ)}; "
+                          "a branch may change only quant.*, train.epochs and where it writes")
+
+
+def checkpoint_state(cfg: Config, cohort, epoch: int, step: int = 0, rng: dict | None = None,
+                     sums: dict | None = None) -> dict:
+    """Everything needed to continue: weights of every member, optimizer, schedule, the
+    position in the data (``epoch``, ``step``) and, mid-epoch, the RNG states and sums."""
+    return {"config": to_flat(cfg), "meta": cohort.meta, "epoch": epoch, "step": step,
+            "members": [m.state_dict() for m in cohort.members],
+            "optimizer": cohort.optimizer.state_dict(),
+            "scheduler": cohort.scheduler.state_dict(), "rng": rng or {}, "sums": sums or {}}
+
+
+def restore(cohort, state: dict, cfg: Config, path: Path) -> None:
+    """Load every member, the optimizer and the schedule of a checkpoint into ``cohort``."""
+    quant.set_compression(cohort.members[0], cfg.quant, weights_epoch(state))
+    if len(state["members"]) != len(cohort.members):
+        raise CheckpointError(f"{path} holds {len(state['members'])} members; "
+                              f"the config trains {len(cohort.members)}")
+    try:
+        for member, member_state in zip(cohort.members, state["members"]):
+            member.load_state_dict(member_state)
+        cohort.optimizer.load_state_dict(state["optimizer"])
+        cohort.scheduler.load_state_dict(state["scheduler"])
+    except Exception as e:  # a damaged or tampered checkpoint
+        raise CheckpointError(f"{path}: cannot restore the run from it "
+                              f"({first_line(e)})") from None
+
+
+def _metrics_before(path: Path, epochs_done: int) -> str:
+    """The lines of ``metrics.jsonl`` for epochs ``< epochs_done`` ("" if there is none)."""
+    if not path.exists():
+        return ""
+    return "".join(l + "\n" for l in path.read_text().splitlines()
+                   if l.strip() and json.loads(l)["epoch"] < epochs_done)
+
+
+def _write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+class RunFolder:
+    """The files of the run ``cfg`` names, and the steps of its life."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.dir = Path(cfg.out_dir) / cfg.name
+        self.checkpoint = self.dir / "checkpoint.pt"
+        self.metrics = self.dir / "metrics.jsonl"
+        self.branch_from = None
+
+    def check(self, resume: bool, branch_from: Path | None) -> dict | None:
+        """Before anything is loaded: the run can start as asked and its folder is writable.
+        Returns the checkpoint to branch from, if any."""
+        if resume and branch_from:
+            raise ConfigError("--resume continues a run in its own folder; --branch-from "
+                              "starts a new one: pass only one")
+        if resume and not self.checkpoint.exists():
+            raise TwinsnnError(f"nothing to resume: {self.checkpoint} does not exist")
+        if not resume and self.checkpoint.exists():
+            raise TwinsnnError(f"{self.dir} already holds a run; pass --resume to continue "
+                               "it or --name to start another")
+        source = None
+        if branch_from:
+            self.branch_from = Path(branch_from)
+            source = load_checkpoint(self.branch_from)
+            check_branch(source, self.cfg, self.branch_from)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            probe = self.dir / ".write-test"
+            probe.write_bytes(b"0")
+            probe.unlink()
+        except OSError as e:
+            raise TwinsnnError(f"cannot write to run folder {self.dir} ({e.strerror}); "
+                               "choose another --out-dir") from None
+        return source
+
+    def start(self, cohort, data, deterministic: bool, source: dict | None) -> int:
+        """Write a new run's ``run.json`` and ``metrics.jsonl`` (the source's epochs when
+        branching, after restoring its state); returns the first epoch to train."""
+        device = next(cohort.members[0].parameters()).device
+        info = {"config": to_dict(self.cfg), "member_seeds": cohort.seeds,
+                "data_split": data.split, "twinsnn_version": __version__,
+                "torch_version": torch.__version__, "deterministic": deterministic,
+                "machine": machine_info(device),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        start_epoch, metrics = 0, ""
+        if source is not None:
+            restore(cohort, source, self.cfg, self.branch_from)
+            start_epoch = source["epoch"]
+            info["branched_from"] = {"checkpoint": str(self.branch_from),
+                                     "epochs_done": start_epoch,
+                                     "name": source["config"]["name"]}
+            metrics = _metrics_before(self.branch_from.parent / "metrics.jsonl", start_epoch)
+        _write_text(self.metrics, metrics)
+        _write_text(self.dir / "run.json", json.dumps(info, indent=2) + "\n")
+        return start_epoch
+
+    def resume(self, cohort) -> dict:
+        """Continue from the run's checkpoint: same config, its state, its metrics up to
+        there. Returns the checkpoint (``epoch``, and ``step`` > 0 when mid-epoch)."""
+        state = load_checkpoint(self.checkpoint)
+        if checkpoint_config(state, self.checkpoint) != self.cfg:
+            raise ConfigError(f"{self.checkpoint} was written by a different config; resume "
+                              "with the same preset and --set values")
+        restore(cohort, state, self.cfg, self.checkpoint)
+        if self.metrics.exists():  # drop lines of epochs written after the checkpoint
+            _write_text(self.metrics, _metrics_before(self.metrics, state["epoch"]))
+        return state
+
+    def log(self, record: dict) -> None:
+        """Append one epoch's line to ``metrics.jsonl``, on disk before the checkpoint."""
+        with open(self.metrics, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def save(self, state: dict) -> None:
+        save_checkpoint(self.checkpoint, state)
+
+    def finish(self, base: torch.nn.Module, meta: dict) -> None:
+        """Write the base network (compressed weights baked in) as ``model.safetensors``."""
+        save_model(self.dir / "model.safetensors",
+                   quant.baked(base) if quant.is_compressed(base) else base, meta)
+
+    def fault(self, what: str, epoch: int, step: int) -> TrainingError:
+        """The error that stops a run whose numbers are no longer finite."""
+        kept = (f"the last good checkpoint {self.checkpoint} is kept"
+                if self.checkpoint.exists() else "no checkpoint had been written yet")
+        return TrainingError(f"{what} at epoch {epoch} step {step}; {kept} (lower train.lr?)")
