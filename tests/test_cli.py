@@ -1,4 +1,5 @@
-"""The command line as a user runs it: a subprocess per command."""
+"""The command line as a user runs it: a subprocess where the process itself matters (start-up,
+signals, exit status), ``twinsnn.cli.main`` in this process where it does not."""
 import json
 import os
 import random
@@ -11,6 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from twinsnn import __version__
+from twinsnn.cli import main
 
 TINY = ["--set", "width=0.0625", "--set", "train.compile=false", "--set", "batch_size=32", "--set", "val_size=40",
         "--set", "data.verify=false", "--set", "eval_batch_size=100", "--set", "train.lr=0.005"]
@@ -25,6 +29,14 @@ def twinsnn(*args, cwd, env=None, timeout=300, check_rc=None):
     return proc
 
 
+def cli(capsys, *args) -> subprocess.CompletedProcess:
+    """``twinsnn ARGS`` run in this process: its exit status, stdout and stderr."""
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+
 def assert_one_line_error(proc, *fragments):
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -36,8 +48,31 @@ def assert_one_line_error(proc, *fragments):
 
 def test_help_explains_the_commands(tmp_path):
     out = twinsnn("--help", cwd=tmp_path, check_rc=0).stdout
-    for word in ("train", "eval", "data", "export", "sweep", "plot", "twin network augmentation"):
+    for word in ("train", "eval", "data", "export", "sweep", "plot", "config show",
+                 "twin network augmentation"):
         assert word in out
+    assert twinsnn("--version", cwd=tmp_path, check_rc=0).stdout == f"twinsnn {__version__}\n"
+
+
+def test_config_show_prints_every_key_resolved(tmp_path, capsys):
+    import yaml
+
+    from twinsnn.config import leaf_keys
+    proc = cli(capsys, "config", "show", "--config", "fmnist-cpu-tna", "--set", "surrogate=atan",
+               "--seed", "3")
+    assert proc.returncode == 0
+    shown = yaml.safe_load(proc.stdout)
+    flat = {f"{section}.{k}": v for section, values in shown.items()
+            if isinstance(values, dict) for k, v in values.items()}
+    assert set(flat) | {k for k in shown if not isinstance(shown[k], dict)} == set(leaf_keys())
+    assert flat["model.surrogate"] == "atan" and flat["train.seed"] == 3
+    assert flat["loss.strategy"] == "tna" and flat["model.neuron"] == "lif"
+    path = tmp_path / "shown.yaml"
+    path.write_text(proc.stdout)  # what it prints is a config file that loads as the same
+    again = cli(capsys, "config", "show", "--config", path)
+    assert again.returncode == 0 and again.stdout == proc.stdout
+    assert_one_line_error(cli(capsys, "config", "show", "--set", "surrogate=nope"),
+                          "model.surrogate must be one of boxcar, atan, sigmoid")
 
 
 @pytest.mark.parametrize("args,fragments", [
@@ -49,33 +84,39 @@ def test_help_explains_the_commands(tmp_path):
     (["train", "--branch-from", "missing.pt"], ["missing.pt", "no such checkpoint"]),
     (["train", "--branch-from", "a.pt", "--resume"], ["pass only one"]),
 ])
-def test_bad_input_is_one_line_and_exit_2(tmp_path, args, fragments):
-    assert_one_line_error(twinsnn(*args, cwd=tmp_path), *fragments)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, args, fragments):
+    monkeypatch.chdir(tmp_path)
+    assert_one_line_error(cli(capsys, *args), *fragments)
 
 
-def test_missing_data_says_where_and_how(tmp_path):
-    proc = twinsnn("train", "--data-dir", tmp_path / "empty", cwd=tmp_path)
+def test_a_bad_value_through_a_real_process_is_one_line(tmp_path):
+    assert_one_line_error(twinsnn("train", "--set", "train.lr=0", cwd=tmp_path),
+                          "train.lr must be positive")
+
+
+def test_missing_data_says_where_and_how(tmp_path, capsys):
+    proc = cli(capsys, "train", "--data-dir", tmp_path / "empty", "--out-dir", tmp_path / "runs")
     assert_one_line_error(proc, "Fashion-MNIST not found", str(tmp_path / "empty"), "apt-get install")
 
 
-def test_corrupt_idx_names_the_file(tmp_path, tiny_fmnist):
+def test_corrupt_idx_names_the_file(tmp_path, tiny_fmnist, capsys):
     victim = tiny_fmnist / "train-images-idx3-ubyte.gz"
     victim.write_bytes(victim.read_bytes()[:300])
-    proc = twinsnn("train", "--data-dir", tiny_fmnist, *TINY, "--out-dir", tmp_path / "runs", cwd=tmp_path)
+    proc = cli(capsys, "train", "--data-dir", tiny_fmnist, *TINY, "--out-dir", tmp_path / "runs")
     assert_one_line_error(proc, "train-images-idx3-ubyte.gz")
     assert not (tmp_path / "runs" / "fmnist-cpu" / "checkpoint.pt").exists()
 
 
-def test_unreadable_checkpoint(tmp_path):
+def test_unreadable_checkpoint(tmp_path, capsys):
     bad = tmp_path / "checkpoint.pt"
     bad.write_bytes(os.urandom(1000))
-    assert_one_line_error(twinsnn("eval", bad, cwd=tmp_path), "checkpoint.pt", "not a readable")
+    assert_one_line_error(cli(capsys, "eval", bad), "checkpoint.pt", "not a readable")
     bad_model = tmp_path / "model.safetensors"
     bad_model.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
-    assert_one_line_error(twinsnn("eval", bad_model, cwd=tmp_path), "model.safetensors")
+    assert_one_line_error(cli(capsys, "eval", bad_model), "model.safetensors")
 
 
-def test_train_then_eval_end_to_end(tmp_path, tiny_fmnist):
+def test_train_then_eval_end_to_end(tmp_path, tiny_fmnist, capsys):
     runs = tmp_path / "runs"
     twinsnn("train", "--data-dir", tiny_fmnist, *TINY, "--set", "epochs=2", "--name", "smoke",
             "--out-dir", runs, "--quiet", cwd=tmp_path, check_rc=0)
@@ -87,18 +128,17 @@ def test_train_then_eval_end_to_end(tmp_path, tiny_fmnist):
     info = json.loads((run / "run.json").read_text())
     assert info["torch_version"] == torch.__version__ and info["member_seeds"] == [0]
     assert info["data_split"]["val_size"] == 40
-    out = twinsnn("eval", run / "model.safetensors", "--data-dir", tiny_fmnist, "--json",
-                  cwd=tmp_path, check_rc=0).stdout
-    report = json.loads(out)
+    out = cli(capsys, "eval", run / "model.safetensors", "--data-dir", tiny_fmnist, "--json")
+    report = json.loads(out.stdout)
     assert report["samples"] == 60 and 0.0 <= report["accuracy"] <= 1.0
     assert sum(map(sum, report["confusion"])) == 60
     # evaluating the checkpoint's base member gives the same numbers as the saved model
-    ck = json.loads(twinsnn("eval", run / "checkpoint.pt", "--data-dir", tiny_fmnist, "--json",
-                            cwd=tmp_path, check_rc=0).stdout)
+    ck = json.loads(cli(capsys, "eval", run / "checkpoint.pt", "--data-dir", tiny_fmnist,
+                        "--json").stdout)
     assert ck["confusion"] == report["confusion"]
     # the run folder is not overwritten by accident
-    again = twinsnn("train", "--data-dir", tiny_fmnist, *TINY, "--name", "smoke",
-                    "--out-dir", runs, "--quiet", cwd=tmp_path)
+    again = cli(capsys, "train", "--data-dir", tiny_fmnist, *TINY, "--name", "smoke",
+                "--out-dir", runs, "--quiet")
     assert_one_line_error(again, "--resume")
 
 
@@ -129,26 +169,3 @@ def test_sigkill_at_random_points_then_resume_is_bitwise_identical(tmp_path, tin
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(l)["epoch"] for l in lines] == [0, 1, 2]
-
-
-def test_sigterm_checkpoints_mid_epoch_and_resumes_bitwise(tmp_path, tiny_fmnist):
-    args = ["--data-dir", tiny_fmnist, *TINY, "--set", "epochs=2", "--set", "batch_size=8",
-            "--out-dir", tmp_path / "runs", "--quiet"]
-    twinsnn("train", *args, "--name", "straight", cwd=tmp_path, check_rc=0)
-    run = tmp_path / "runs" / "stopped"
-    proc = subprocess.Popen([sys.executable, "-m", "twinsnn", "train", *map(str, args), "--name",
-                             "stopped"], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.time() + 200
-    while not (run / "run.json").exists() and time.time() < deadline:
-        time.sleep(0.05)
-    # run.json appears once the handler is in place; signal at once, while the run is young
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "--resume" in err
-    state = torch.load(run / "checkpoint.pt", weights_only=True)
-    twinsnn("train", *args, "--name", "stopped", "--resume", cwd=tmp_path, check_rc=0)
-    a, b = _final_weights(tmp_path / "runs" / "straight"), _final_weights(run)
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert state["epoch"] <= 1

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from test_cifar import batch, py2_pickle, write_archive
-from test_cli import assert_one_line_error, twinsnn
+from test_cli import assert_one_line_error, cli, twinsnn
 from test_dvs import make_dataset
 from twinsnn.config import load_config
 from twinsnn.data import cifar
@@ -33,7 +33,7 @@ def metrics(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_cifar10_cpu_run_end_to_end(tmp_path, cifar10_dir):
+def test_cifar10_cpu_run_end_to_end(tmp_path, cifar10_dir, capsys):
     # the test set is fixed at 10,000 images, too many to evaluate in a short test: the run
     # and the evaluation use the validation split (the DVS run covers the test split)
     twinsnn("train", "--config", "cifar10-cpu", "--data-dir", cifar10_dir, *TINY,
@@ -45,30 +45,31 @@ def test_cifar10_cpu_run_end_to_end(tmp_path, cifar10_dir):
     split = json.loads((run / "run.json").read_text())["data_split"]
     assert split["train_size"] == 64 and split["data_path"] == str(cifar10_dir /
                                                                    cifar.CIFAR10.archive)
-    report = json.loads(twinsnn("eval", run / "model.safetensors", "--split", "val", "--json",
-                                cwd=tmp_path, check_rc=0).stdout)
+    report = json.loads(cli(capsys, "eval", run / "model.safetensors", "--split", "val",
+                            "--json").stdout)
     assert report["data"] == "cifar10" and report["samples"] == 32
     assert report["accuracy"] == last["val_acc/0"]
 
 
-def test_cifar10_wrong_checksum_is_one_line(tmp_path, cifar10_dir):
-    proc = twinsnn("train", "--config", "cifar10-cpu", "--data-dir", cifar10_dir,
-                   "--out-dir", tmp_path / "runs", cwd=tmp_path)
+def test_cifar10_wrong_checksum_is_one_line(tmp_path, cifar10_dir, capsys):
+    proc = cli(capsys, "train", "--config", "cifar10-cpu", "--data-dir", cifar10_dir,
+               "--out-dir", tmp_path / "runs")
     assert_one_line_error(proc, str(cifar10_dir / cifar.CIFAR10.archive), OFFICIAL_MD5)
     assert not (tmp_path / "runs" / "cifar10-cpu" / "checkpoint.pt").exists()
 
 
-def test_data_check_reports_the_mismatch(tmp_path, cifar10_dir):
-    out = twinsnn("data", "check", "cifar10", "--data-dir", cifar10_dir, cwd=tmp_path,
-                  check_rc=2).stdout
-    assert f"found archive {cifar10_dir / cifar.CIFAR10.archive}" in out
-    assert "FAILED" in out and "MD5 is" in out and OFFICIAL_MD5 in out
-    out = twinsnn("data", "check", "cifar100", "--data-dir", tmp_path / "none", cwd=tmp_path,
-                  check_rc=2).stdout
-    assert f"{tmp_path / 'none'} (missing)" in out and "cifar-100-python.tar.gz" in out
+def test_data_check_reports_the_mismatch(tmp_path, cifar10_dir, capsys):
+    proc = cli(capsys, "data", "check", "cifar10", "--data-dir", cifar10_dir)
+    assert proc.returncode == 2
+    assert f"found archive {cifar10_dir / cifar.CIFAR10.archive}" in proc.stdout
+    assert "FAILED" in proc.stdout and "MD5 is" in proc.stdout and OFFICIAL_MD5 in proc.stdout
+    proc = twinsnn("data", "check", "cifar100", "--data-dir", tmp_path / "none", cwd=tmp_path,
+                   check_rc=2)  # the exit status of a real process
+    assert f"{tmp_path / 'none'} (missing)" in proc.stdout
+    assert "cifar-100-python.tar.gz" in proc.stdout
 
 
-def test_cifar10_dvs_cpu_run_end_to_end(tmp_path):
+def test_cifar10_dvs_cpu_run_end_to_end(tmp_path, capsys):
     root = make_dataset(tmp_path / "data" / "CIFAR10-DVS")  # 10 recordings per class
     data_dir = tmp_path / "data"
     twinsnn("train", "--config", "cifar10dvs-cpu", "--data-dir", data_dir, *TINY,
@@ -81,12 +82,12 @@ def test_cifar10_dvs_cpu_run_end_to_end(tmp_path):
     assert split["split"] == "random-per-class-9:1" and split["split_seed"] == 0
     assert split["resolution"] == 32 and split["train_size"] == 80
     assert [str(p) for p in (root / "cache").glob("*.bin")] == [split["cache_file"]]
-    report = json.loads(twinsnn("eval", run / "model.safetensors", "--json", cwd=tmp_path,
-                                check_rc=0).stdout)
+    report = json.loads(cli(capsys, "eval", run / "model.safetensors", "--json").stdout)
     assert report["data"] == "cifar10-dvs" and report["samples"] == 10
     assert report["accuracy"] == last["test_acc/0"]
-    out = twinsnn("data", "check", "cifar10-dvs", "--data-dir", data_dir, cwd=tmp_path,
-                  check_rc=0).stdout
+    check = cli(capsys, "data", "check", "cifar10-dvs", "--data-dir", data_dir)
+    assert check.returncode == 0
+    out = check.stdout
     assert f"found {root}" in out and "100 of 100 recordings are valid AEDAT 2.0" in out
 
 

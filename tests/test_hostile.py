@@ -30,7 +30,7 @@ from safetensors.torch import save_file
 
 from conftest import write_idx_gz
 from test_cifar import SMALL10, batch, py2_pickle, small_members, write_archive
-from test_cli import assert_one_line_error, twinsnn
+from test_cli import assert_one_line_error, cli
 from test_dvs import recording, write_aedat
 from twinsnn import checkpoint, config
 from twinsnn.config import Config, ModelConfig, to_flat
@@ -162,6 +162,13 @@ def _write_seeds(folder: Path) -> dict:
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("mutants")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _seeds_before_any_deadline():
+    """The seed files are written once, before the first example: their writing is not part
+    of any reader's time."""
+    seeds()
 
 
 # ---- property-based: every reader, mutated files --------------------------------------
@@ -523,13 +530,12 @@ def test_checkpoint_that_runs_code_is_refused(tmp_path, kind):
     assert marker.exists()
 
 
-def test_checkpoint_that_runs_code_through_the_cli(tmp_path):
+def test_checkpoint_that_runs_code_through_the_cli(tmp_path, capsys):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
     evil_checkpoint(path, RunsCommand(f"touch {marker}"))
-    assert_one_line_error(twinsnn("eval", path, cwd=tmp_path), str(path), "not a readable")
-    assert_one_line_error(twinsnn("export", path, "-o", tmp_path / "out.tnn", cwd=tmp_path),
-                          str(path))
+    assert_one_line_error(cli(capsys, "eval", path), str(path), "not a readable")
+    assert_one_line_error(cli(capsys, "export", path, "-o", tmp_path / "out.tnn"), str(path))
     assert not marker.exists() and not (tmp_path / "out.tnn").exists()
 
 
@@ -576,9 +582,9 @@ def test_invalid_utf8_yaml(tmp_path):
         config.load_config(str(path))
 
 
-def test_hostile_yaml_through_the_cli(tmp_path):
+def test_hostile_yaml_through_the_cli(tmp_path, capsys):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.yaml"
     path.write_text(f"train: !!python/object/apply:os.system ['touch {marker}']\n")
-    assert_one_line_error(twinsnn("train", "--config", path, cwd=tmp_path), str(path))
+    assert_one_line_error(cli(capsys, "train", "--config", path), str(path))
     assert not marker.exists()

@@ -12,7 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_cli import TINY, assert_one_line_error, twinsnn
+from conftest import write_tiny_fmnist
+from test_cli import TINY, assert_one_line_error, cli, twinsnn
 from twinsnn.checkpoint import atomic_write, load_checkpoint
 from twinsnn.config import load_config
 from twinsnn.errors import TrainingError, TwinsnnError, WriteError
@@ -44,7 +45,8 @@ def weights(run) -> dict:
 def test_same_config_and_seed_give_bitwise_identical_weights(tmp_path, tiny_fmnist):
     runs = tmp_path / "runs"
     for name, seed in (("a", 0), ("b", 0), ("other-seed", 1)):
-        fit(tiny(tiny_fmnist, runs, name, **{"train.seed": seed}), progress=False)
+        fit(tiny(tiny_fmnist, runs, name, **{"train.seed": seed, "train_limit": 64}),
+            progress=False)
     a, b, other = (weights(runs / name) for name in ("a", "b", "other-seed"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], other[k]) for k in a if a[k].is_floating_point())
@@ -57,7 +59,8 @@ def test_same_config_and_seed_give_bitwise_identical_weights(tmp_path, tiny_fmni
 def test_bf16_training_is_deterministic_and_differs_from_fp32(tmp_path, tiny_fmnist):
     runs = tmp_path / "runs"
     for name, precision in (("fp32", "fp32"), ("bf16", "bf16"), ("bf16-again", "bf16")):
-        fit(tiny(tiny_fmnist, runs, name, **{"train.precision": precision}), progress=False)
+        fit(tiny(tiny_fmnist, runs, name, **{"train.precision": precision, "epochs": 1,
+                                             "train_limit": 64}), progress=False)
     fp32, bf16, again = (weights(runs / name) for name in ("fp32", "bf16", "bf16-again"))
     assert all(v.dtype == fp32[k].dtype for k, v in bf16.items())  # weights stay float32
     assert all(torch.equal(bf16[k], again[k]) for k in bf16)
@@ -109,15 +112,14 @@ def test_non_finite_weights_are_never_checkpointed(tmp_path, tiny_fmnist, monkey
     assert not (run / "checkpoint.pt").exists() and not (run / "model.safetensors").exists()
 
 
-def test_nan_through_the_cli_is_one_line_naming_epoch_and_step(tmp_path, tiny_fmnist):
-    proc = twinsnn("train", "--data-dir", tiny_fmnist, *TINY, "--set", "train.lr=1e37",
-                   "--set", "train.compile=false", "--out-dir", tmp_path / "runs", "--quiet",
-                   cwd=tmp_path)
+def test_nan_through_the_cli_is_one_line_naming_epoch_and_step(tmp_path, tiny_fmnist, capsys):
+    proc = cli(capsys, "train", "--data-dir", tiny_fmnist, *TINY, "--set", "train.lr=1e37",
+               "--out-dir", tmp_path / "runs", "--quiet")
     assert_one_line_error(proc, "epoch 0", "step", "lower train.lr")
     assert not list((tmp_path / "runs").rglob("model.safetensors"))
 
 
-def test_unwritable_output_folder_is_refused_before_anything_loads(tmp_path):
+def test_unwritable_output_folder_is_refused_before_anything_loads(tmp_path, capsys):
     """Under a regular file no folder can be made, even by root; the data folder does not
     exist, so an error about the output proves nothing was loaded first."""
     (tmp_path / "afile").write_text("not a folder")
@@ -126,7 +128,7 @@ def test_unwritable_output_folder_is_refused_before_anything_loads(tmp_path):
     with pytest.raises(TwinsnnError, match="cannot write to run folder") as err:
         fit(cfg, progress=False)
     assert str(out / "run") in str(err.value)
-    proc = twinsnn("train", "--data-dir", tmp_path / "no-data", "--out-dir", out, cwd=tmp_path)
+    proc = cli(capsys, "train", "--data-dir", tmp_path / "no-data", "--out-dir", out)
     assert_one_line_error(proc, "cannot write to run folder", str(out))
 
 
@@ -153,20 +155,56 @@ def test_failed_write_keeps_the_previous_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
 
 
-def test_sigint_checkpoints_mid_epoch_and_resumes_bitwise(tmp_path, tiny_fmnist):
-    args = ["--data-dir", tiny_fmnist, *TINY, "--set", "epochs=2", "--set", "batch_size=8",
-            "--set", "train.compile=false", "--out-dir", tmp_path / "runs", "--quiet"]
-    twinsnn("train", *args, "--name", "straight", cwd=tmp_path, check_rc=0)
-    run = tmp_path / "runs" / "stopped"
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_written_files_follow_the_umask(tmp_path, umask):
+    import numpy as np
+
+    from twinsnn.checkpoint import save_checkpoint, save_model
+    from twinsnn.config import ModelConfig
+    from twinsnn.data import cifar10_dvs
+    from twinsnn.export import export_packed
+    from twinsnn.models import cifarnet, model_spec
+
+    model = cifarnet(ModelConfig(width=0.0625), 10, 1, (28, 28))
+    meta = {"model": model_spec(ModelConfig(width=0.0625), 10, 1, (28, 28))}
+    old = os.umask(umask)
+    try:
+        save_checkpoint(tmp_path / "checkpoint.pt", {"members": [model.state_dict()]})
+        save_model(tmp_path / "model.safetensors", model, meta)
+        export_packed(model, meta, tmp_path / "model.tnn")
+        cifar10_dvs.write_cache(tmp_path / "cache.bin", {"recordings": 1},
+                                np.zeros((1, 2, 2, 4, 4), np.float16), np.zeros(1, np.int64))
+        atomic_write(tmp_path / "run.json", lambda tmp: open(tmp, "w").write("{}\n"))
+    finally:
+        os.umask(old)
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in tmp_path.iterdir()}
+    assert modes == dict.fromkeys(["checkpoint.pt", "model.safetensors", "model.tnn",
+                                   "cache.bin", "run.json"], oct(0o666 & ~umask))
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    """The run a stopped and resumed run must end as: 2 epochs of 20 batches, uninterrupted."""
+    root = tmp_path_factory.mktemp("signals")
+    args = ["--data-dir", write_tiny_fmnist(root), *TINY, "--set", "epochs=2",
+            "--set", "batch_size=8", "--out-dir", root / "runs", "--quiet"]
+    twinsnn("train", *args, "--name", "straight", cwd=root, check_rc=0)
+    return root, args
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_checkpoints_mid_epoch_and_the_run_resumes_bitwise(straight_run, signum):
+    root, args = straight_run
+    name = f"stopped-{signum.name}"
+    run = root / "runs" / name
     proc = subprocess.Popen([sys.executable, "-m", "twinsnn", "train", *map(str, args), "--name",
-                             "stopped"], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                             name], cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 200
     while not (run / "run.json").exists() and time.time() < deadline:
         time.sleep(0.05)
     # run.json appears once the handler is in place; signal at once, while the run is young
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == (
@@ -174,8 +212,8 @@ def test_sigint_checkpoints_mid_epoch_and_resumes_bitwise(tmp_path, tiny_fmnist)
     assert "Traceback" not in err
     state = load_checkpoint(run / "checkpoint.pt")
     assert (state["epoch"], state["step"]) < (2, 0)
-    twinsnn("train", *args, "--name", "stopped", "--resume", cwd=tmp_path, check_rc=0)
-    a, b = weights(tmp_path / "runs" / "straight"), weights(run)
+    twinsnn("train", *args, "--name", name, "--resume", cwd=root, check_rc=0)
+    a, b = weights(root / "runs" / "straight"), weights(run)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -234,8 +272,6 @@ def test_training_numbers_are_bitwise_those_recorded(tmp_path, tiny_fmnist):
 if __name__ == "__main__":  # print this platform's GOLDEN entry
     import tempfile
     from pathlib import Path
-
-    from conftest import write_tiny_fmnist
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:

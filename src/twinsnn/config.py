@@ -123,8 +123,10 @@ POSITIVE_OR_NONE = ("data.train_limit", "quant.lr_at_switch")
 MAX_YAML_BYTES = 64 << 10  # a config file is a few hundred bytes
 
 
+@functools.cache
 def leaf_keys() -> dict[str, type]:
-    """Every settable key, ``section.field`` (or top-level field), with its type."""
+    """Every settable key, ``section.field`` (or top-level field), with its type (a cached
+    dict: read it, do not change it)."""
     hints = typing.get_type_hints(Config)
     keys = {}
     for f in dataclasses.fields(Config):
