@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from .errors import ConfigError
+from .quant import check_threshold_rule
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,8 @@ class DataConfig:
     val_size: int = 5000  # samples carved out of the training set for model selection
     val_seed: int = 0  # seed of that split (fixed, so every run validates on the same set)
     train_limit: typing.Optional[int] = None  # train on the first N samples only (quick trials)
+    train_size: typing.Optional[int] = None  # train on a stratified random subset of N samples
+    train_subset_seed: int = 0  # seed of that subset (fixed: the same for every seed and config)
     verify: bool = True  # check the official checksums of known data files
     augment: bool = True  # paper 5.1.1 augmentation on training batches
     resolution: int = 48  # event data: frames are resized to resolution x resolution
@@ -77,7 +80,9 @@ class LossConfig:
 class QuantConfig:
     mode: str = "none"  # none | ternary | binary
     start_epoch: int = 150  # first epoch (0-based) trained with compressed weights
-    delta: float = 0.1  # ternary threshold, eq. 6
+    delta: float = 0.1  # ternary threshold D of eq. 6 (absolute), or its factor (mean_abs)
+    delta_rule: str = "absolute"  # absolute: D = delta (eq. 6) | mean_abs: D = delta * mean|W|
+    delta_per: str = "layer"  # mean_abs: one D per layer | per output channel
     full_precision_ends: bool = True  # keep the first conv and the output layer in fp32
     scale: str = "none"  # none (paper: codes only) | layer | channel: fp scale beside the codes
     lr_at_switch: typing.Optional[float] = None  # set the lr to this when compression starts
@@ -106,13 +111,15 @@ CHOICES = {
     "loss.match": ("logits", "potentials"),
     "quant.mode": ("none", "ternary", "binary"),
     "quant.scale": ("none", "layer", "channel"),
+    "quant.delta_rule": ("absolute", "mean_abs"),
+    "quant.delta_per": ("layer", "channel"),
 }
 POSITIVE = ("model.width", "model.timesteps", "model.threshold", "train.epochs",
             "train.batch_size", "train.eval_batch_size", "train.lr", "train.lr_gamma",
             "train.lr_step_size", "loss.members", "data.resolution")
 UNIT_INTERVAL = ("model.decay", "model.readout_decay")  # [0, 1]
 NON_NEGATIVE = ("loss.alpha", "quant.delta", "quant.start_epoch", "data.val_size")
-POSITIVE_OR_NONE = ("data.train_limit", "quant.lr_at_switch")
+POSITIVE_OR_NONE = ("data.train_limit", "data.train_size", "quant.lr_at_switch")
 MAX_YAML_BYTES = 64 << 10  # a config file is a few hundred bytes
 
 
@@ -226,6 +233,10 @@ def from_flat(flat: dict) -> Config:
     hints = typing.get_type_hints(Config)
     built = {s: hints[s](**vals) for s, vals in sections.items()}
     cfg = Config(**top, **built)
+    check_threshold_rule(cfg.quant.delta_rule, cfg.quant.delta_per)
+    if cfg.data.train_size is not None and cfg.data.train_limit is not None:
+        raise ConfigError("set data.train_size (a stratified random subset) or data.train_limit "
+                          "(the first N samples), not both")
     if cfg.loss.strategy in ("kd", "kd+ce") and not cfg.loss.teacher:
         raise ConfigError(f"loss.strategy={cfg.loss.strategy} needs a teacher: --teacher PATH")
     return cfg
