@@ -114,9 +114,13 @@ def cmd_plot(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import format_summary, load_run, summarize
+    from .report import format_summary, load_run, paired_rows, summarize
     rows = summarize([load_run(Path(r)) for r in args.runs])
-    print(json.dumps(rows, indent=2) if args.json else format_summary(rows))
+    paired = paired_rows(rows, args.baseline)
+    if args.json:
+        print(json.dumps({"configs": rows, "paired": paired}, indent=2))
+    else:
+        print(format_summary(rows, paired))
     return 0
 
 
@@ -180,8 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="image file to write (.png, .pdf)")
     p.set_defaults(func=cmd_plot)
 
-    p = sub.add_parser("report", help="final accuracy of runs, seeds pooled (mean, std)")
-    p.add_argument("runs", nargs="+", help="run folders")
+    p = sub.add_parser("report", help="final accuracy of runs, seeds pooled (mean, std, 95%% "
+                                      "CI), and each config against a baseline paired by seed")
+    p.add_argument("runs", nargs="+", help="run folders (each config's seeds pooled)")
+    p.add_argument("--baseline", metavar="CONFIG",
+                   help="the config the others are compared with, paired by seed, as the "
+                        "table labels it (default: the config of the first run folder)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_report)
 
