@@ -12,6 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import twinsnn as twinsnn_pkg
+
 TINY = ["--set", "width=0.0625", "--set", "train.compile=false", "--set", "batch_size=32", "--set", "val_size=40",
         "--set", "data.verify=false", "--set", "eval_batch_size=100", "--set", "train.lr=0.005"]
 
@@ -87,6 +89,13 @@ def test_train_then_eval_end_to_end(tmp_path, tiny_fmnist):
     info = json.loads((run / "run.json").read_text())
     assert info["torch_version"] == torch.__version__ and info["member_seeds"] == [0]
     assert info["data_split"]["val_size"] == 40
+    head = subprocess.run(["git", "-C", str(Path(twinsnn_pkg.__file__).parent), "rev-parse",
+                           "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:  # run from a git checkout: the run names its commit
+        assert info["code"]["commit"] == head.stdout.strip()
+        assert isinstance(info["code"]["dirty"], bool)
+    else:
+        assert info["code"] == {"commit": None, "dirty": None}
     out = twinsnn("eval", run / "model.safetensors", "--data-dir", tiny_fmnist, "--json",
                   cwd=tmp_path, check_rc=0).stdout
     report = json.loads(out)

@@ -14,6 +14,7 @@ import math
 import os
 import platform
 import signal
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,6 +185,22 @@ def machine_info(device: torch.device) -> dict:
     return info
 
 
+def code_version() -> dict:
+    """The git commit of the twinsnn sources and whether their tree had uncommitted changes
+    (``None`` for both when they are not in a git checkout, e.g. an installed wheel)."""
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+
+    try:
+        return {"commit": git("rev-parse", "HEAD"),
+                "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
 def _check_writable(run_dir: Path) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -277,8 +294,8 @@ def _start(cfg: Config, cohort: Cohort, data: DataSplits, device, deterministic:
     run_dir = Path(cfg.out_dir) / cfg.name
     run_info = {"config": to_dict(cfg), "member_seeds": cohort.seeds,
                 "data_split": data.split, "twinsnn_version": __version__,
-                "torch_version": torch.__version__, "deterministic": deterministic,
-                "machine": machine_info(device),
+                "code": code_version(), "torch_version": torch.__version__,
+                "deterministic": deterministic, "machine": machine_info(device),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     start_epoch, metrics = 0, ""
     if source is not None:
