@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import twinsnn as twinsnn_pkg
 from twinsnn import __version__
 from twinsnn.cli import main
 
@@ -128,6 +129,13 @@ def test_train_then_eval_end_to_end(tmp_path, tiny_fmnist, capsys):
     info = json.loads((run / "run.json").read_text())
     assert info["torch_version"] == torch.__version__ and info["member_seeds"] == [0]
     assert info["data_split"]["val_size"] == 40
+    head = subprocess.run(["git", "-C", str(Path(twinsnn_pkg.__file__).parent), "rev-parse",
+                           "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:  # run from a git checkout: the run names its commit
+        assert info["code"]["commit"] == head.stdout.strip()
+        assert isinstance(info["code"]["dirty"], bool)
+    else:
+        assert info["code"] == {"commit": None, "dirty": None}
     out = cli(capsys, "eval", run / "model.safetensors", "--data-dir", tiny_fmnist, "--json")
     report = json.loads(out.stdout)
     assert report["samples"] == 60 and 0.0 <= report["accuracy"] <= 1.0

@@ -68,6 +68,27 @@ def test_round_trip_forward_is_bitwise_equal(tmp_path, mode, scale, fc_norm):
     assert torch.equal(loaded.out.weight, model.out.weight)
 
 
+@pytest.mark.parametrize("rule,per,delta", [("absolute", "layer", 0.1),
+                                            ("mean_abs", "layer", 0.7),
+                                            ("mean_abs", "channel", 0.7)])
+def test_export_records_the_threshold_rule_and_its_values(tmp_path, rule, per, delta):
+    model = trained_like()
+    compress(model, "ternary", delta, delta_rule=rule, delta_per=per)
+    path = export_packed(model, META, tmp_path / "m.tnn")
+    with safe_open(str(path), framework="pt") as f:
+        layers = json.loads(f.metadata()["twinsnn"])["layers"]
+    for name, entry in layers.items():
+        latent = dict(model.named_modules())[name].parametrizations.weight.original.detach()
+        dims = tuple(range(1, latent.dim())) if per == "channel" else None
+        mean_abs = latent.abs().mean(dims) if dims else latent.abs().mean().reshape(1)
+        want = [delta] if rule == "absolute" else (delta * mean_abs).tolist()
+        assert (entry["delta_rule"], entry["delta_per"], entry["delta"]) == (rule, per, delta)
+        assert entry["threshold"] == pytest.approx(want, rel=1e-6)
+    loaded, _ = load_packed(path)
+    x = torch.rand(4, 1, 28, 28)
+    assert torch.equal(loaded(x), model(x))
+
+
 def test_model_kwargs_may_sit_under_model_key(tmp_path):
     model = trained_like()
     meta = {"model": dict(arch="cifarnet", **KWARGS), "data": {"name": "fashion-mnist"}}

@@ -6,7 +6,8 @@ from twinsnn.config import ModelConfig, QuantConfig
 from twinsnn.errors import ConfigError
 from twinsnn.models import cifarnet
 from twinsnn.quant import (baked, binarize, compress, compressed_layers, decompress, is_compressed,
-                           pack_binary, pack_ternary, quantize, set_compression, ternarize,
+                           pack_binary, pack_ternary, quantize, quantizer, set_compression,
+                           ternarize, ternary_threshold,
                            unpack_binary, unpack_ternary, weight_sparsity)
 
 
@@ -165,3 +166,61 @@ def test_pack_layout_and_invalid_codes():
         unpack_ternary(torch.tensor([0b10], dtype=torch.uint8), 1)
     with pytest.raises(ValueError):
         unpack_ternary(torch.tensor([0, 0], dtype=torch.uint8), 4)
+
+
+def test_threshold_rules_on_hand_made_weights():
+    w = torch.tensor([[0.4, -0.2, 0.0, 0.2],     # mean |w| 0.2
+                      [0.04, -0.02, 0.01, 0.01]])  # mean |w| 0.02; layer mean 0.11
+    assert ternary_threshold(w, 0.1) == 0.1  # eq. 6: D is delta itself
+    layer = ternary_threshold(w, 0.7, "mean_abs")
+    assert layer.shape == () and torch.isclose(layer, torch.tensor(0.7 * 0.11))
+    channel = ternary_threshold(w, 0.5, "mean_abs", "channel")
+    assert channel.shape == (2, 1)
+    assert torch.allclose(channel, torch.tensor([[0.1], [0.01]]))
+    # one D for the layer zeros the whole small channel; one per channel keeps its largest
+    assert torch.equal(quantize(w, "ternary", 0.7, delta_rule="mean_abs"),
+                       torch.tensor([[1.0, -1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0]]))
+    assert torch.equal(quantize(w, "ternary", 0.5, delta_rule="mean_abs", delta_per="channel"),
+                       torch.tensor([[1.0, -1.0, 0.0, 1.0], [1.0, -1.0, 0.0, 0.0]]))
+
+
+def test_threshold_per_channel_of_a_conv_weight_and_boundary():
+    w = torch.zeros(2, 1, 2, 2)
+    w[0] = torch.tensor([[0.3, -0.1], [0.1, 0.3]])  # mean |w| 0.2 -> D = 0.1 at factor 0.5
+    w[1] = torch.tensor([[1.0, -2.0], [0.5, 0.5]])  # mean |w| 1.0 -> D = 0.5
+    d = ternary_threshold(w, 0.5, "mean_abs", "channel")
+    assert d.shape == (2, 1, 1, 1)
+    codes = quantize(w, "ternary", 0.5, delta_rule="mean_abs", delta_per="channel")
+    # |w| = D exactly maps to 0, as in eq. 6
+    assert torch.equal(codes[1], torch.tensor([[[1.0, -1.0], [0.0, 0.0]]]))
+    assert set(codes.unique().tolist()) <= {-1.0, 0.0, 1.0}
+
+
+def test_mean_abs_threshold_follows_the_weights_and_passes_gradients_straight():
+    w = (torch.randn(8, 4) * 0.03).requires_grad_()
+    before = quantize(w, "ternary", 0.7, delta_rule="mean_abs")
+    assert 0.2 < (before == 0).float().mean() < 0.6  # about 0.7 mean|w| zeros ~40%
+    assert torch.equal(quantize(w * 10, "ternary", 0.7, delta_rule="mean_abs"), before)
+    upstream = torch.randn(8, 4)
+    quantize(w, "ternary", 0.7, delta_rule="mean_abs", delta_per="channel").backward(upstream)
+    assert torch.equal(w.grad, upstream)
+
+
+def test_threshold_rule_errors():
+    with pytest.raises(ConfigError, match="delta_rule must be one of"):
+        ternary_threshold(torch.ones(2, 2), 0.1, "median")
+    with pytest.raises(ConfigError, match="needs quant.delta_rule=mean_abs"):
+        compress(small_net(), "ternary", 0.1, delta_per="channel")
+    with pytest.raises(ConfigError, match="delta_per must be one of"):
+        compress(small_net(), "ternary", 0.7, delta_rule="mean_abs", delta_per="row")
+
+
+def test_set_compression_uses_the_configured_rule():
+    model = small_net()
+    cfg = QuantConfig(mode="ternary", start_epoch=0, delta=0.7, delta_rule="mean_abs",
+                      delta_per="channel")
+    set_compression(model, cfg, 0)
+    q = quantizer(model.convs[1].synapse)
+    assert (q.delta_rule, q.delta_per, q.delta) == ("mean_abs", "channel", 0.7)
+    sparsity = weight_sparsity(model)
+    assert all(0.2 < v < 0.7 for v in sparsity.values()), sparsity

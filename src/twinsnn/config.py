@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from .errors import ConfigError
+from .quant import check_threshold_rule
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,8 @@ class DataConfig:
     val_size: int = 5000  # samples carved out of the training set for model selection
     val_seed: int = 0  # seed of that split (fixed, so every run validates on the same set)
     train_limit: typing.Optional[int] = None  # train on the first N samples only (quick trials)
+    train_size: typing.Optional[int] = None  # train on a stratified random subset of N samples
+    train_subset_seed: int = 0  # seed of that subset (fixed: the same for every seed and config)
     verify: bool = True  # check the official checksums of known data files
     augment: bool = True  # paper 5.1.1 augmentation on training batches
     resolution: int = 48  # event data: frames are resized to resolution x resolution
@@ -80,7 +83,9 @@ class LossConfig:
 class QuantConfig:
     mode: str = "none"  # none | ternary | binary
     start_epoch: int = 150  # first epoch (0-based) trained with compressed weights
-    delta: float = 0.1  # ternary threshold, eq. 6
+    delta: float = 0.1  # ternary threshold D of eq. 6 (absolute), or its factor (mean_abs)
+    delta_rule: str = "absolute"  # absolute: D = delta (eq. 6) | mean_abs: D = delta * mean|W|
+    delta_per: str = "layer"  # mean_abs: one D per layer | per output channel
     full_precision_ends: bool = True  # keep the first conv and the output layer in fp32
     scale: str = "none"  # none (paper: codes only) | layer | channel: fp scale beside the codes
     lr_at_switch: typing.Optional[float] = None  # set the lr to this when compression starts
@@ -104,14 +109,15 @@ def choices() -> dict[str, tuple[str, ...]]:
     from .losses import MATCHES, REDUCTIONS, STRATEGIES
     from .models import FC_NORMS, MODELS
     from .neurons import NEURONS, SURROGATES
-    from .quant import MODES, SCALES
+    from .quant import DELTA_PER, DELTA_RULES, MODES, SCALES
     from .runtime import DEVICES, PRECISIONS
     return {"data.name": tuple(DATASETS), "model.arch": tuple(MODELS),
             "model.fc_norm": FC_NORMS, "model.neuron": tuple(NEURONS),
             "model.surrogate": tuple(SURROGATES), "train.lr_step_unit": ("epoch", "batch"),
-            "train.device": DEVICES, "train.precision": tuple(PRECISIONS),
+            "train.device": DEVICES, "train.precision": PRECISIONS,
             "loss.strategy": STRATEGIES, "loss.reduction": REDUCTIONS, "loss.match": MATCHES,
-            "quant.mode": ("none", *MODES), "quant.scale": SCALES}
+            "quant.mode": ("none", *MODES), "quant.scale": SCALES,
+            "quant.delta_rule": DELTA_RULES, "quant.delta_per": DELTA_PER}
 
 
 POSITIVE = ("model.width", "model.timesteps", "model.threshold", "train.epochs",
@@ -119,7 +125,7 @@ POSITIVE = ("model.width", "model.timesteps", "model.threshold", "train.epochs",
             "train.lr_step_size", "loss.members", "data.resolution")
 UNIT_INTERVAL = ("model.decay", "model.readout_decay")  # [0, 1]
 NON_NEGATIVE = ("loss.alpha", "quant.delta", "quant.start_epoch", "data.val_size")
-POSITIVE_OR_NONE = ("data.train_limit", "quant.lr_at_switch")
+POSITIVE_OR_NONE = ("data.train_limit", "data.train_size", "quant.lr_at_switch")
 MAX_YAML_BYTES = 64 << 10  # a config file is a few hundred bytes
 
 
@@ -236,6 +242,10 @@ def from_flat(flat: dict) -> Config:
     hints = typing.get_type_hints(Config)
     built = {s: hints[s](**vals) for s, vals in sections.items()}
     cfg = Config(**top, **built)
+    check_threshold_rule(cfg.quant.delta_rule, cfg.quant.delta_per)
+    if cfg.data.train_size is not None and cfg.data.train_limit is not None:
+        raise ConfigError("set data.train_size (a stratified random subset) or data.train_limit "
+                          "(the first N samples), not both")
     if cfg.loss.strategy in ("kd", "kd+ce") and not cfg.loss.teacher:
         raise ConfigError(f"loss.strategy={cfg.loss.strategy} needs a teacher: --teacher PATH")
     return cfg

@@ -10,7 +10,9 @@ Tensors, keyed ``<module>.<name>``:
 
 The safetensors metadata holds one JSON string under ``"twinsnn"``:
 ``{"format", "version", "meta": {arch, model kwargs, normalization, data set ...},
-"layers": {module: {"mode", "shape", "delta", "scale"}}}``.
+"layers": {module: {"mode", "shape", "delta", "delta_rule", "delta_per", "scale",
+"threshold"}}}``, where ``threshold`` (ternary only) lists the D of eq. 6 the codes were cut
+with: one value, or one per output channel.
 """
 from __future__ import annotations
 
@@ -43,14 +45,19 @@ def _packed_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str
         if q is None:
             continue
         latent = module.parametrizations.weight.original.detach().cpu()
-        codes = quant_codes(latent, q.mode, q.delta)
+        threshold = q.threshold(latent)
+        codes = quant_codes(latent, q.mode, threshold)
         pack = pack_ternary if q.mode == "ternary" else pack_binary
         tensors[f"{name}.weight_codes"] = pack(codes.to(torch.int8))
         factor = quant_scale(latent, codes, q.scale)
         if factor is not None:
             tensors[f"{name}.weight_scale"] = factor.reshape(-1).float().contiguous()
         layers[name] = {"mode": q.mode, "shape": list(latent.shape), "delta": q.delta,
+                        "delta_rule": q.delta_rule, "delta_per": q.delta_per,
                         "scale": q.scale}
+        if q.mode == "ternary":  # the D of eq. 6 the codes were cut with, per layer or channel
+            layers[name]["threshold"] = ([threshold] if isinstance(threshold, float)
+                                         else threshold.reshape(-1).tolist())
     for key, value in model.state_dict().items():
         if ".parametrizations." in key:
             continue

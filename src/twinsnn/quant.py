@@ -1,9 +1,13 @@
 """Ternary and binary weights (paper section 4.2) with a straight-through estimator.
 
-Ternary weights follow eq. 6 with a symmetric threshold ``delta``:
+Ternary weights follow eq. 6 with a symmetric threshold D:
 
-    W_t = -1 if W < -delta,   0 if |W| <= delta,   +1 if W > delta
+    W_t = -1 if W < -D,   0 if |W| <= D,   +1 if W > D
 
+where D comes from ``quant.delta`` by a rule (``ternary_threshold``): ``absolute``, eq. 6 as
+written (D = delta, the paper's 0.1), or ``mean_abs``, D = delta * mean(|W|) of the layer or
+of each output channel, recomputed from the latent weights at every forward (the rule of
+ternary weight networks, Li et al. 2016, whose usual factor is 0.7)
 and binary weights are ``sign(W)`` with ``sign(0) = +1``. The codes carry no scale factor
 (``scale="none"``, the paper); ``scale="layer"`` or ``"channel"`` multiplies them by the mean
 ``|W|`` over the kept (non-zero code) weights of the layer or of each output channel.
@@ -26,11 +30,38 @@ from .errors import ConfigError
 
 MODES = ("ternary", "binary")
 SCALES = ("none", "layer", "channel")
+DELTA_RULES = ("absolute", "mean_abs")
+DELTA_PER = ("layer", "channel")
 
 
-def quant_codes(w: torch.Tensor, mode: str, delta: float = 0.1) -> torch.Tensor:
-    """Codes of ``w`` in its dtype: eq. 6 for ternary (``delta`` compared in ``w``'s dtype,
-    boundaries ``|w| = delta`` map to 0), ``sign`` with ``0 -> +1`` for binary."""
+def check_threshold_rule(rule: str, per: str) -> None:
+    """``ConfigError`` unless ``rule`` and ``per`` name a threshold rule and granularity that
+    go together."""
+    if rule not in DELTA_RULES:
+        raise ConfigError(f"quant.delta_rule must be one of {DELTA_RULES}, got {rule!r}")
+    if per not in DELTA_PER:
+        raise ConfigError(f"quant.delta_per must be one of {DELTA_PER}, got {per!r}")
+    if rule == "absolute" and per != "layer":
+        raise ConfigError("quant.delta_per=channel needs quant.delta_rule=mean_abs "
+                          "(an absolute threshold is the same for every channel)")
+
+
+def ternary_threshold(w: torch.Tensor, delta: float, rule: str = "absolute",
+                      per: str = "layer") -> float | torch.Tensor:
+    """D of eq. 6 for weights ``w`` ``[out, ...]``: ``absolute`` gives ``delta`` itself;
+    ``mean_abs`` gives ``delta * mean(|w|)``, a 0-d tensor (``per="layer"``) or one value per
+    output channel, shape ``[out, 1, ...]`` (``per="channel"``). No gradient flows through D."""
+    check_threshold_rule(rule, per)
+    if rule == "absolute":
+        return delta
+    dims = tuple(range(w.dim())) if per == "layer" else tuple(range(1, w.dim()))
+    return delta * w.detach().abs().mean(dims, keepdim=per == "channel")
+
+
+def quant_codes(w: torch.Tensor, mode: str, delta: float | torch.Tensor = 0.1) -> torch.Tensor:
+    """Codes of ``w`` in its dtype: eq. 6 for ternary with threshold ``delta`` (a number,
+    compared in ``w``'s dtype, or a tensor broadcasting against ``w``; boundaries
+    ``|w| = delta`` map to 0), ``sign`` with ``0 -> +1`` for binary."""
     if mode == "ternary":
         return (w > delta).to(w.dtype) - (w < -delta).to(w.dtype)
     if mode == "binary":
@@ -54,7 +85,7 @@ def quant_scale(w: torch.Tensor, codes: torch.Tensor, scale: str) -> torch.Tenso
 
 class _StraightThrough(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, w: torch.Tensor, mode: str, delta: float, scale: str) -> torch.Tensor:
+    def forward(ctx, w: torch.Tensor, mode: str, delta, scale: str) -> torch.Tensor:
         codes = quant_codes(w, mode, delta)
         factor = quant_scale(w, codes, scale)
         return codes if factor is None else codes * factor
@@ -64,10 +95,12 @@ class _StraightThrough(torch.autograd.Function):
         return grad, None, None, None
 
 
-def quantize(w: torch.Tensor, mode: str, delta: float = 0.1,
-             scale: str = "none") -> torch.Tensor:
-    """``quant_codes(w) * quant_scale(w)`` forward, identity backward (straight-through)."""
-    return _StraightThrough.apply(w, mode, float(delta), scale)
+def quantize(w: torch.Tensor, mode: str, delta: float = 0.1, scale: str = "none",
+             delta_rule: str = "absolute", delta_per: str = "layer") -> torch.Tensor:
+    """``quant_codes(w, D) * quant_scale(w)`` forward with D from ``ternary_threshold``,
+    identity backward (straight-through)."""
+    threshold = ternary_threshold(w, float(delta), delta_rule, delta_per)
+    return _StraightThrough.apply(w, mode, threshold, scale)
 
 
 def ternarize(w: torch.Tensor, delta: float = 0.1) -> torch.Tensor:
@@ -81,26 +114,36 @@ def binarize(w: torch.Tensor) -> torch.Tensor:
 
 
 class Quantize(nn.Module):
-    """Parametrization ``weight = quantize(original, mode, delta, scale)``."""
+    """Parametrization ``weight = quantize(original, mode, delta, scale, delta_rule,
+    delta_per)``."""
 
-    def __init__(self, mode: str, delta: float = 0.1, scale: str = "none"):
+    def __init__(self, mode: str, delta: float = 0.1, scale: str = "none",
+                 delta_rule: str = "absolute", delta_per: str = "layer"):
         super().__init__()
-        self.configure(mode, delta, scale)
+        self.configure(mode, delta, scale, delta_rule, delta_per)
 
-    def configure(self, mode: str, delta: float, scale: str) -> None:
+    def configure(self, mode: str, delta: float, scale: str, delta_rule: str = "absolute",
+                  delta_per: str = "layer") -> None:
         if mode not in MODES:
             raise ConfigError(f"quant.mode must be one of {MODES}, got {mode!r}")
         if scale not in SCALES:
             raise ConfigError(f"quant.scale must be one of {SCALES}, got {scale!r}")
         if not delta >= 0.0:
             raise ConfigError(f"quant.delta must be >= 0, got {delta}")
+        check_threshold_rule(delta_rule, delta_per)
         self.mode, self.delta, self.scale = mode, float(delta), scale
+        self.delta_rule, self.delta_per = delta_rule, delta_per
+
+    def threshold(self, w: torch.Tensor) -> float | torch.Tensor:
+        """D of eq. 6 for latent weights ``w`` under this layer's rule."""
+        return ternary_threshold(w, self.delta, self.delta_rule, self.delta_per)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return quantize(w, self.mode, self.delta, self.scale)
+        return quantize(w, self.mode, self.delta, self.scale, self.delta_rule, self.delta_per)
 
     def extra_repr(self) -> str:
-        return f"mode={self.mode}, delta={self.delta}, scale={self.scale}"
+        return (f"mode={self.mode}, delta={self.delta}, delta_rule={self.delta_rule}, "
+                f"delta_per={self.delta_per}, scale={self.scale}")
 
 
 def quantizer(module: nn.Module) -> Quantize | None:
@@ -116,7 +159,8 @@ def _ends(model: nn.Module) -> tuple[nn.Module, nn.Module]:
 
 
 def compress(model: nn.Module, mode: str, delta: float = 0.1,
-             full_precision_ends: bool = True, scale: str = "none") -> list[str]:
+             full_precision_ends: bool = True, scale: str = "none",
+             delta_rule: str = "absolute", delta_per: str = "layer") -> list[str]:
     """Quantize the weight of every ``nn.Conv2d``/``nn.Linear`` in ``model`` (except the first
     conv and the output layer when ``full_precision_ends``). Idempotent: an existing
     parametrization is reconfigured, never stacked. Returns the compressed layer names."""
@@ -126,9 +170,10 @@ def compress(model: nn.Module, mode: str, delta: float = 0.1,
             continue
         existing = quantizer(module)
         if existing is not None:
-            existing.configure(mode, delta, scale)
+            existing.configure(mode, delta, scale, delta_rule, delta_per)
         else:
-            parametrize.register_parametrization(module, "weight", Quantize(mode, delta, scale))
+            parametrize.register_parametrization(
+                module, "weight", Quantize(mode, delta, scale, delta_rule, delta_per))
     return compressed_layers(model)
 
 
@@ -178,7 +223,7 @@ def set_compression(model: nn.Module, cfg_quant, epoch: int) -> bool:
     on = compression_on(cfg_quant, epoch)
     if on:
         compress(model, cfg_quant.mode, cfg_quant.delta, cfg_quant.full_precision_ends,
-                 cfg_quant.scale)
+                 cfg_quant.scale, cfg_quant.delta_rule, cfg_quant.delta_per)
     else:
         decompress(model)
     return on

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -13,6 +14,8 @@ IGNORED_KEYS = ("name", "out_dir")
 def load_run(run_dir: Path) -> dict:
     """``{"dir", "config" (flat), "metrics" (list of epoch records)}`` of one run folder."""
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise TwinsnnError(f"{run_dir} is not a run folder (not a directory)")
     try:
         info = json.loads((run_dir / "run.json").read_text())
         metrics = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
@@ -48,36 +51,138 @@ def final_accuracy(run: dict, split: str) -> float | None:
     return run["test"].get("accuracy") if last is None and split == "test" else last
 
 
+def t_interval(values: list[float], level: float = 0.95) -> dict:
+    """Mean, sample std, n and the Student-t confidence interval of the mean,
+    ``mean +- t_{(1+level)/2, n-1} * std / sqrt(n)`` (``None`` bounds for n < 2)."""
+    from scipy import stats
+
+    n = len(values)
+    mean = statistics.fmean(values)
+    if n < 2:
+        return {"n": n, "mean": mean, "std": 0.0, "ci_low": None, "ci_high": None}
+    std = statistics.stdev(values)
+    half = float(stats.t.ppf((1 + level) / 2, n - 1)) * std / math.sqrt(n)
+    return {"n": n, "mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half}
+
+
+def paired_difference(baseline: dict, other: dict, level: float = 0.95) -> dict:
+    """``other - baseline`` over the seeds both have (``{seed: value}`` each): the mean
+    difference with its Student-t interval and the two-sided paired t-test p-value
+    (``None`` for fewer than 2 pairs or differences without spread)."""
+    from scipy import stats
+
+    seeds = sorted(set(baseline) & set(other))
+    diffs = [other[s] - baseline[s] for s in seeds]
+    if not diffs:
+        return {"n": 0, "seeds": []}
+    out = {"seeds": seeds, **t_interval(diffs, level), "p": None}
+    if len(diffs) > 1 and out["std"] > 0:
+        out["p"] = float(stats.ttest_rel([other[s] for s in seeds],
+                                         [baseline[s] for s in seeds]).pvalue)
+    return out
+
+
+def _group_key(run: dict, by_seed: str) -> str:
+    """What makes runs the same config: everything but the seed and where they were written."""
+    return json.dumps({k: v for k, v in run["config"].items()
+                       if k not in (by_seed, "data.dir", *IGNORED_KEYS)}, sort_keys=True)
+
+
 def summarize(runs: list[dict], by_seed: str = "train.seed") -> list[dict]:
-    """One row per config (seeds pooled): final val (and test) accuracy of the base, mean,
-    std and per seed, sorted by mean validation accuracy (best first). When only seeds differ,
-    the one row is named after the run folder without its ``-seed<N>`` suffix."""
+    """One row per config (seeds pooled) in the order first seen: for the base's final val
+    (and test) accuracy, the value per seed (``<split>_per_seed``, ``<split>_by_seed``) and
+    ``t_interval``'s ``n``, mean, std and 95% interval. Rows are labelled by the config
+    values that differ between them or, where only seeds differ, by the run folder name
+    without its ``-seed<N>`` suffix."""
     keys = [k for k in differing_keys(runs) if k != by_seed]
     groups: dict[str, list[dict]] = {}
     for run in (r for r in runs if r["metrics"]):
-        seedless = Path(run["dir"]).name.removesuffix(f"-seed{run['config'].get(by_seed)}")
-        groups.setdefault(label(run, keys) if keys else seedless, []).append(run)
+        groups.setdefault(_group_key(run, by_seed), []).append(run)
     rows = []
-    for name, members in groups.items():
-        row = {"config": name, "seeds": [r["config"].get(by_seed) for r in members]}
+    for members in groups.values():
+        first = members[0]
+        seedless = Path(first["dir"]).name.removesuffix(f"-seed{first['config'].get(by_seed)}")
+        row = {"config": label(first, keys) if keys else seedless,
+               "seeds": [r["config"].get(by_seed) for r in members]}
         for split in ("val", "test"):
             accs = [final_accuracy(r, split) for r in members]
             if all(a is not None for a in accs):
-                row[f"{split}_mean"] = statistics.fmean(accs)
-                row[f"{split}_std"] = statistics.stdev(accs) if len(accs) > 1 else 0.0
+                stats = t_interval(accs)
+                row.update({f"{split}_{k}": v for k, v in stats.items() if k != "n"})
                 row[f"{split}_per_seed"] = accs
+                row[f"{split}_by_seed"] = dict(zip(row["seeds"], accs))
+        row["n"] = len(members)
         row["epochs"] = [len(r["metrics"]) for r in members]
         rows.append(row)
+    return rows
+
+
+def best_first(rows: list[dict]) -> list[dict]:
+    """``rows`` sorted by mean validation accuracy, best first."""
     return sorted(rows, key=lambda r: -r.get("val_mean", 0.0))
 
 
-def format_summary(rows: list[dict]) -> str:
-    lines = ["| config | seeds | val acc % (mean ± std) | test acc % (mean ± std) |",
-             "|---|---|---|---|"]
+def paired_rows(rows: list[dict], baseline: str | None = None) -> list[dict]:
+    """Every row against ``baseline`` (a row's config label; default the first row), paired
+    by seed: ``{"config", "baseline", "<split>": paired_difference}`` for val and test."""
+    if not rows:
+        return []
+    base = rows[0] if baseline is None else next((r for r in rows if r["config"] == baseline),
+                                                 None)
+    if base is None:
+        raise TwinsnnError(f"no config {baseline!r} among the runs; configs: "
+                           + "; ".join(r["config"] for r in rows))
+    out = []
+    for row in rows:
+        if row is base:
+            continue
+        entry = {"config": row["config"], "baseline": base["config"]}
+        for split in ("val", "test"):
+            if f"{split}_by_seed" in row and f"{split}_by_seed" in base:
+                entry[split] = paired_difference(base[f"{split}_by_seed"],
+                                                 row[f"{split}_by_seed"])
+        out.append(entry)
+    return out
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def _ci(stats: dict, prefix: str = "") -> str:
+    lo, hi = stats.get(f"{prefix}ci_low"), stats.get(f"{prefix}ci_high")
+    return "-" if lo is None else f"[{_pct(lo)}, {_pct(hi)}]"
+
+
+def format_summary(rows: list[dict], paired: list[dict] = ()) -> str:
+    """Markdown: accuracies per config (%, mean ± std, 95% CI of the mean), then each paired
+    difference (percentage points) with its 95% CI and p-value."""
+    lines = ["| config | n | val acc % (mean ± std) | val 95% CI | test acc % (mean ± std) "
+             "| test 95% CI |", "|---|---|---|---|---|---|"]
     for r in rows:
-        val = f"{100 * r['val_mean']:.2f} ± {100 * r['val_std']:.2f}" if "val_mean" in r else "-"
-        test = f"{100 * r['test_mean']:.2f} ± {100 * r['test_std']:.2f}" if "test_mean" in r else "-"
-        lines.append(f"| {r['config']} | {len(r['seeds'])} | {val} | {test} |")
+        cells = []
+        for split in ("val", "test"):
+            if f"{split}_mean" in r:
+                cells += [f"{_pct(r[f'{split}_mean'])} ± {_pct(r[f'{split}_std'])}",
+                          _ci(r, f"{split}_")]
+            else:
+                cells += ["-", "-"]
+        lines.append(f"| {r['config']} | {r['n']} | " + " | ".join(cells) + " |")
+    if paired:
+        lines += ["", f"Paired by seed, against {paired[0]['baseline']} (percentage points):",
+                  "", "| config | pairs | val diff | val 95% CI | val p | test diff "
+                  "| test 95% CI | test p |", "|---|---|---|---|---|---|---|---|"]
+        for entry in paired:
+            cells, pairs = [], 0
+            for split in ("val", "test"):
+                d = entry.get(split, {})
+                pairs = max(pairs, d.get("n", 0))
+                if d.get("n"):
+                    cells += [f"{100 * d['mean']:+.2f}", _ci(d),
+                              "-" if d["p"] is None else f"{d['p']:.3g}"]
+                else:
+                    cells += ["-", "-", "-"]
+            lines.append(f"| {entry['config']} | {pairs} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -86,13 +191,25 @@ PANELS = [("train CE (base)", "train_ce/0"), ("val accuracy (base)", "val_acc/0"
           ("train accuracy (base)", "train_acc/0"), ("base-twin agreement", "train_agreement")]
 
 
-def plot_runs(run_dirs: list[Path], out: Path) -> Path:
-    """Training curves of several runs overlaid (the paper's Fig. 2 / Fig. 3 panels), each
-    run labelled by the config values that differ between them."""
+def _figure_backend():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
 
+
+def _save(fig, out) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    fig.clf()
+    return out
+
+
+def plot_runs(run_dirs: list[Path], out: Path) -> Path:
+    """Training curves of several runs overlaid (the paper's Fig. 2 / Fig. 3 panels), each
+    run labelled by the config values that differ between them."""
+    plt = _figure_backend()
     runs = [load_run(d) for d in run_dirs]
     keys = differing_keys(runs)
     panels = [(t, k) for t, k in PANELS if any(k in m for r in runs for m in r["metrics"])]
@@ -112,8 +229,39 @@ def plot_runs(run_dirs: list[Path], out: Path) -> Path:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    try:
+        return _save(fig, out)
+    finally:
+        plt.close(fig)
+
+
+def plot_accuracy(run_dirs: list[Path], out: Path, split: str = "test") -> Path:
+    """Final accuracy of the base per config (seeds pooled, ``summarize``'s rows): the mean as
+    a bar, each seed as a dot, the 95% interval as an error bar (the paper's Fig. 3)."""
+    plt = _figure_backend()
+    rows = [r for r in summarize([load_run(d) for d in run_dirs]) if f"{split}_mean" in r]
+    if not rows:
+        raise TwinsnnError(f"none of the runs has a final {split} accuracy"
+                           + (" (evaluate them with `twinsnn sweep --test`)" if split == "test"
+                              else ""))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.8 * len(rows), 4.2))
+    means = [100 * r[f"{split}_mean"] for r in rows]
+    low = [m - 100 * r[f"{split}_ci_low"] if r[f"{split}_ci_low"] is not None else 0.0
+           for m, r in zip(means, rows)]
+    ax.bar(range(len(rows)), means, yerr=[low, low], capsize=5, color="#9bb7d4",
+           edgecolor="#33557a")
+    for i, r in enumerate(rows):
+        ax.plot([i] * len(r[f"{split}_per_seed"]), [100 * a for a in r[f"{split}_per_seed"]],
+                "o", color="black", markersize=3)
+    seeds = [100 * a for r in rows for a in r[f"{split}_per_seed"]]
+    spread = max(seeds) - min(seeds)
+    ax.set_ylim(min(seeds) - max(spread, 0.5), max(seeds) + max(spread, 0.5) / 2)
+    names = [r["config"].replace(", ", "\n") + f"\n(n={r['n']})" for r in rows]
+    ax.set_xticks(range(len(rows)), names, fontsize=7)
+    ax.set_ylabel(f"{split} accuracy of the base (%)")
+    ax.set_title("mean, 95% CI (Student t) and seeds", fontsize=9)
+    fig.tight_layout()
+    try:
+        return _save(fig, out)
+    finally:
+        plt.close(fig)

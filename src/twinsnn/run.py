@@ -1,6 +1,7 @@
 """The run folder ``<out_dir>/<name>/`` and its life: start, resume, branch, stop.
 
-- ``run.json``: the resolved config, member seeds, data split, versions and machine;
+- ``run.json``: the resolved config, member seeds, data split, versions, git commit (and
+  whether the tree was dirty) and machine;
 - ``metrics.jsonl``: one line per epoch;
 - ``checkpoint.pt``: every member, the optimizer, the schedule and the position in the data,
   written after every epoch and, when the run is stopped, mid-epoch (with the RNG states and
@@ -18,6 +19,7 @@ import json
 import os
 import platform
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -61,6 +63,22 @@ def machine_info(device: torch.device) -> dict:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
+
+
+def code_version() -> dict:
+    """The git commit of the twinsnn sources and whether their tree had uncommitted changes
+    (``None`` for both when they are not in a git checkout, e.g. an installed wheel)."""
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+
+    try:
+        return {"commit": git("rev-parse", "HEAD"),
+                "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
 
 
 def check_branch(state: dict, cfg: Config, source: Path) -> None:
@@ -167,8 +185,8 @@ class RunFolder:
         device = next(cohort.members[0].parameters()).device
         info = {"config": to_dict(self.cfg), "member_seeds": cohort.seeds,
                 "data_split": data.split, "twinsnn_version": __version__,
-                "torch_version": torch.__version__, "deterministic": deterministic,
-                "machine": machine_info(device),
+                "code": code_version(), "torch_version": torch.__version__,
+                "deterministic": deterministic, "machine": machine_info(device),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         start_epoch, metrics = 0, ""
         if source is not None:

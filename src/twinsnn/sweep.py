@@ -10,7 +10,7 @@ from .checkpoint import atomic_write
 from .config import coerce, load_config, parse_overrides, resolve_key
 from .errors import ConfigError
 from .evaluate import evaluate_file
-from .report import format_summary, load_run, summarize
+from .report import best_first, format_summary, load_run, summarize
 from .train import fit
 
 
@@ -59,7 +59,7 @@ def sweep(config: str, sets: list[str], seeds: list[int], out_dir: str | None = 
     if test:
         for run_dir in dirs:
             final_test(run_dir)
-    rows = summarize([load_run(d) for d in dirs])
+    rows = best_first(summarize([load_run(d) for d in dirs]))
     summary_dir = Path(out) / f"{base.name}-sweep"
     summary_dir.mkdir(parents=True, exist_ok=True)
     (summary_dir / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")

@@ -12,25 +12,30 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import lookup
 from . import cifar, cifar10_dvs, fashion_mnist
-from .splits import DataSplits, Dataset, split_validation
+from .splits import DataSplits, Dataset, split_validation, stratified_subset
 
-DATASETS = {"fashion-mnist": fashion_mnist, "cifar10": cifar.CIFAR10, "cifar100": cifar.CIFAR100, "cifar10-dvs": cifar10_dvs}
+DATASETS = {"fashion-mnist": fashion_mnist, "cifar10": cifar.CIFAR10, "cifar100": cifar.CIFAR100,
+            "cifar10-dvs": cifar10_dvs}
 
 
 def dataset_module(name: str):
-    if name not in DATASETS:
-        raise ConfigError(f"unknown data set {name!r}; choose one of {sorted(DATASETS)}")
-    return DATASETS[name]
+    return lookup(DATASETS, name, "data.name")
 
 
 def build_data(cfg, timesteps: int) -> DataSplits:
-    """Load ``cfg.name`` and carve ``cfg.val_size`` validation samples from its training set."""
+    """Load ``cfg.name``, carve ``cfg.val_size`` validation samples from its training set and
+    train on all the rest, a stratified subset of it (``cfg.train_size``) or its first
+    ``cfg.train_limit`` samples."""
     source = dataset_module(cfg.name)
     train, test, provenance = source.load(cfg, timesteps)
     train, val, split = split_validation(train, cfg.val_size, cfg.val_seed)
-    if cfg.train_limit is not None and cfg.train_limit < len(train):
+    if cfg.train_size is not None:
+        train, split["train_subset"] = stratified_subset(train, cfg.train_size,
+                                                          cfg.train_subset_seed)
+        split["train_size"] = len(train)
+    elif cfg.train_limit is not None and cfg.train_limit < len(train):
         train = train.subset(torch.arange(cfg.train_limit))
         split["train_size"] = cfg.train_limit
     return DataSplits(cfg.name, train, val, test, source.NUM_CLASSES, source.MEAN, source.STD,

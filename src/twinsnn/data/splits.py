@@ -1,9 +1,12 @@
 """The in-memory data set every loader returns, and the seeded validation split."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
+
+from ..errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -52,3 +55,31 @@ def split_validation(train: Dataset, val_size: int, seed: int) -> tuple[Dataset,
     val_index, train_index = order[:val_size].sort().values, order[val_size:].sort().values
     record = {"val_size": val_size, "val_seed": seed, "train_size": len(train_index)}
     return train.subset(train_index), train.subset(val_index), record
+
+
+def stratified_subset(train: Dataset, size: int, seed: int) -> tuple[Dataset, dict]:
+    """``size`` samples of ``train`` drawn without replacement, each class in proportion to
+    its share (quotas ``size * n_c / n`` rounded down, the rest to the largest remainders,
+    ties to the lower class), from one generator seeded with ``seed``: the same subset for
+    every run that names the same ``size`` and ``seed``. Returns it (in the original order)
+    and a record naming it, with the SHA-256 of its indices."""
+    n = len(train)
+    if not 0 < size <= n:
+        raise ConfigError(f"data.train_size must be in [1, {n}] (the training split's size), "
+                          f"got {size}")
+    counts = torch.bincount(train.y)
+    exact = counts.double() * size / n
+    quotas = exact.floor().long()
+    short = size - int(quotas.sum())
+    order = sorted(range(len(counts)), key=lambda c: (-(exact[c] - quotas[c]).item(), c))
+    quotas[order[:short]] += 1
+    generator = torch.Generator().manual_seed(seed)
+    picked = []
+    for c, quota in enumerate(quotas.tolist()):
+        members = (train.y == c).nonzero().flatten()
+        picked.append(members[torch.randperm(len(members), generator=generator)[:quota]])
+    index = torch.cat(picked).sort().values
+    digest = hashlib.sha256(index.numpy().astype("<i8").tobytes()).hexdigest()
+    record = {"rule": "stratified-random", "size": size, "seed": seed,
+              "per_class": quotas.tolist(), "indices_sha256": digest}
+    return train.subset(index), record

@@ -1,0 +1,96 @@
+"""Statistics of the summaries against values computed by hand, and `twinsnn report`."""
+import json
+import math
+
+import pytest
+
+from twinsnn.cli import main
+from twinsnn.report import load_run, paired_difference, paired_rows, summarize, t_interval
+
+
+def test_t_interval_by_hand():
+    stats = t_interval([1.0, 2.0, 3.0, 4.0])
+    # mean 2.5, std sqrt(5/3), t_{0.975, 3} = 3.182446: half width 3.182446 * 1.290994 / 2
+    half = 3.182446305284263 * math.sqrt(5 / 3) / 2
+    assert stats["n"] == 4 and stats["mean"] == 2.5
+    assert stats["std"] == pytest.approx(math.sqrt(5 / 3), rel=1e-12)
+    assert (stats["ci_low"], stats["ci_high"]) == pytest.approx((2.5 - half, 2.5 + half),
+                                                                rel=1e-9)
+    single = t_interval([0.9])
+    assert single == {"n": 1, "mean": 0.9, "std": 0.0, "ci_low": None, "ci_high": None}
+
+
+def test_paired_difference_by_hand():
+    # differences 1, 2, 2: mean 5/3, std sqrt(1/3), t = (5/3) / (sqrt(1/3) / sqrt(3)) = 5 on
+    # 2 degrees of freedom, whose CDF is 1/2 + t / (2 sqrt(t^2 + 2)) and 97.5% point
+    # 0.95 / sqrt(2 * 0.975 * 0.025)
+    d = paired_difference({0: 1.0, 1: 2.0, 2: 3.0, 7: 9.0}, {0: 2.0, 1: 4.0, 2: 5.0, 5: 0.0})
+    assert d["seeds"] == [0, 1, 2] and d["n"] == 3
+    assert d["mean"] == pytest.approx(5 / 3, rel=1e-12)
+    p = 2 * (1 - (0.5 + 5 / (2 * math.sqrt(27))))
+    assert d["p"] == pytest.approx(p, rel=1e-9)
+    t975 = 0.95 / math.sqrt(2 * 0.975 * 0.025)
+    half = t975 * math.sqrt(1 / 3) / math.sqrt(3)
+    assert (d["ci_low"], d["ci_high"]) == pytest.approx((5 / 3 - half, 5 / 3 + half), rel=1e-9)
+    assert paired_difference({0: 1.0}, {1: 1.0}) == {"n": 0, "seeds": []}
+    assert paired_difference({0: 1.0, 1: 2.0}, {0: 2.0, 1: 3.0})["p"] is None  # no spread
+
+
+def fake_run(root, name, seed, val, test=None, **config):
+    """A run folder as `twinsnn train` leaves it (run.json, metrics.jsonl, test.json)."""
+    run = root / name
+    run.mkdir()
+    sections = {"name": name, "train": {"seed": seed}, "quant": {"mode": "none"}}
+    for key, value in config.items():
+        section, field = key.split("__")
+        sections.setdefault(section, {})[field] = value
+    (run / "run.json").write_text(json.dumps({"config": sections}))
+    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 0, "val_acc/0": val}) + "\n")
+    if test is not None:
+        (run / "test.json").write_text(json.dumps({"accuracy": test}))
+    return run
+
+
+def test_report_pairs_configs_by_seed(tmp_path, capsys):
+    runs = [fake_run(tmp_path, f"fp-seed{s}", s, v, t) for s, v, t in
+            [(0, 0.90, 0.89), (1, 0.91, 0.90), (2, 0.92, 0.90)]]
+    runs += [fake_run(tmp_path, f"t-seed{s}", s, v, t, quant__mode="ternary") for s, v, t in
+             [(0, 0.88, 0.88), (1, 0.90, 0.88), (2, 0.89, 0.87)]]
+    rows = summarize([load_run(r) for r in runs])
+    assert [r["config"] for r in rows] == ["mode=none", "mode=ternary"]  # order first seen
+    [pair] = paired_rows(rows)
+    assert pair["baseline"] == "mode=none"
+    assert pair["test"]["mean"] == pytest.approx(-0.02, abs=1e-12)
+    assert pair["test"]["seeds"] == [0, 1, 2]
+
+    assert main(["report", *map(str, runs)]) == 0
+    out = capsys.readouterr().out
+    assert "| mode=ternary | 3 | 89.00 ± 1.00 | [86.52, 91.48] | 87.67 ± 0.58 |" in out
+    assert "| mode=ternary | 3 | -2.00 |" in out and "against mode=none" in out
+    assert main(["report", *map(str, runs), "--baseline", "mode=ternary", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["paired"][0]["config"] == "mode=none"
+    assert report["paired"][0]["val"]["mean"] == pytest.approx(0.02, abs=1e-12)
+
+
+def test_report_bad_input_is_one_line(tmp_path, capsys):
+    run = fake_run(tmp_path, "a-seed0", 0, 0.5)
+    stray = tmp_path / "jobs.txt"
+    stray.write_text("not a run")
+    assert main(["report", str(run), str(stray)]) == 2
+    err = capsys.readouterr().err
+    assert "jobs.txt is not a run folder" in err and len(err.strip().splitlines()) == 1
+    assert main(["report", str(run), "--baseline", "nope"]) == 2
+    assert "no config 'nope'" in capsys.readouterr().err
+
+
+def test_accuracy_figure(tmp_path, capsys):
+    runs = [fake_run(tmp_path, f"{name}-seed{s}", s, 0.8 + s / 100, 0.79 + s / 100,
+                     loss__strategy=name) for name in ("single", "tna") for s in range(3)]
+    png = tmp_path / "fig3.png"
+    assert main(["plot", "--accuracy", *map(str, runs), "-o", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    bare = fake_run(tmp_path, "bare-seed0", 0, 0.5)
+    assert main(["plot", "--accuracy", str(bare), "-o", str(tmp_path / "x.png")]) == 2
+    assert "has a final test accuracy" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
