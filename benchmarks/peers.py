@@ -16,7 +16,9 @@ Both peers get the neuron of paper eq. 1 exactly: ``u[t] = 0.5 * u[t-1] * (1 - s
   statistics of twinsnn and SpikingJelly; with running statistics (eval) all three compute the
   same function. The readout is ``Leaky(beta=0.5, reset_mechanism="none")`` and its membrane.
 
-Dropout is time-shared in all three: one mask per sample reused at every timestep.
+Dropout is time-shared in all three: one mask per sample reused at every timestep. Like
+twinsnn's ``SpikingCNN``, each peer has ``potentials(x)`` (the output potentials ``[T, B, K]``)
+and ``forward(x)`` (their sum over T, the logits), so ``twinsnn.train.train_step`` trains it.
 """
 from __future__ import annotations
 
@@ -96,19 +98,24 @@ class SpikingJellyCIFARNet(nn.Module):
         out = layer.Linear(features, classes, step_mode="m")
         _load(out, reference.out)
         self.features = nn.Sequential(*blocks, out)
-        self.readout = neuron.LIFNode(  # never fires: integrates 0.5 * v + xtau=1.0 / (1.0 - reference.readout_decay),
+        # never fires: integrates (1 - 1/tau) * v + x = readout_decay * v + x
+        self.readout = neuron.LIFNode(tau=1.0 / (1.0 - reference.readout_decay),
                                       decay_input=False, v_threshold=float("inf"), v_reset=0.0,
                                       surrogate_function=boxcar, step_mode="m", store_v_seq=True)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def potentials(self, x: torch.Tensor) -> torch.Tensor:
         self._functional.reset_net(self)
         x_seq = x.unsqueeze(0).expand(self.timesteps, *x.shape)
         self.readout(self.features(x_seq))
-        return self.readout.v_seq.sum(0)
+        return self.readout.v_seq
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.potentials(x).sum(0)
 
 
 class SnnTorchCIFARNet(nn.Module):
-    """snnTorch network stepped in a Python loop over T; returns logits ``[B, K]``."""
+    """snnTorch network stepped in a Python loop over T; ``forward(x [B,C,H,W])`` returns
+    logits ``[B, K]``."""
 
     def __init__(self, reference: SpikingCNN):
         super().__init__()
@@ -138,7 +145,7 @@ class SnnTorchCIFARNet(nn.Module):
         self.readout = snn.Leaky(beta=reference.readout_decay, threshold=THRESHOLD,
                                  spike_grad=boxcar, reset_mechanism="none")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def potentials(self, x: torch.Tensor) -> torch.Tensor:
         mems = [lif.reset_mem() for lif in self.lifs]
         mem_out = self.readout.reset_mem()
         masks = [None] * len(self.fcs)
@@ -146,7 +153,7 @@ class SnnTorchCIFARNet(nn.Module):
             keep = 1.0 - self.p
             masks = [torch.empty(x.shape[0], fc.out_features).bernoulli_(keep) / keep
                      for fc in self.fcs]
-        logits = 0
+        potentials = []
         for _ in range(self.timesteps):
             h, i = x, 0
             for conv, norm, pool in zip(self.convs, self.conv_norms, self.pools):
@@ -161,8 +168,11 @@ class SnnTorchCIFARNet(nn.Module):
                     h = h * mask
                 i += 1
             _, mem_out = self.readout(self.out(h), mem_out)
-            logits = logits + mem_out
-        return logits
+            potentials.append(mem_out)
+        return torch.stack(potentials)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.potentials(x).sum(0)
 
 
 PEERS = {"spikingjelly": SpikingJellyCIFARNet, "snntorch": SnnTorchCIFARNet}

@@ -17,18 +17,21 @@ from pathlib import Path
 import torch
 
 from twinsnn.analysis import firing_rates
+from twinsnn.cohort import build_cohort
 from twinsnn.config import load_config
 from twinsnn.data import build_data
+from twinsnn.data.transforms import Preprocess
 from twinsnn.losses import strategy_from_config
-from twinsnn.train import Preprocess, build_cohort
+from twinsnn.train import train_step
 
 
 def probe(fc_norm: str, steps: int, width: float, batch: int, seed: int) -> dict:
     cfg = load_config("fmnist-cpu", {"fc_norm": fc_norm, "width": width, "batch_size": batch,
-                                     "train.lr": 0.01, "seed": seed})
+                                     "train.lr": 0.01, "seed": seed, "train.compile": False})
     data = build_data(cfg.data, cfg.model.timesteps)
-    cohort = build_cohort(cfg, data, strategy_from_config(cfg.loss), torch.device("cpu"))
-    net, strategy = cohort.members[0], strategy_from_config(cfg.loss)
+    strategy = strategy_from_config(cfg.loss)
+    cohort = build_cohort(cfg, data, strategy, torch.device("cpu"))
+    net = cohort.members[0]
     prep = Preprocess(data, augment=True)
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(data.train), generator=gen)
@@ -38,10 +41,7 @@ def probe(fc_norm: str, steps: int, width: float, batch: int, seed: int) -> dict
     losses = []
     for step in range(steps):
         idx = order[step * batch:(step + 1) * batch]
-        loss, _ = strategy(cohort.outputs(prep(data.train.x[idx], gen)), data.train.y[idx])
-        cohort.optimizer.zero_grad()
-        loss.backward()
-        cohort.optimizer.step()
+        loss, _, _ = train_step(cohort, strategy, prep(data.train.x[idx], gen), data.train.y[idx])
         losses.append(round(loss.item(), 4))
     with torch.no_grad(), firing_rates(net) as end_rates:
         net(x0)
