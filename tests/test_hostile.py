@@ -47,6 +47,8 @@ FUZZ = settings(max_examples=100, deadline=5000, derandomize=True, database=None
 KWARGS = dict(num_classes=10, in_channels=1, width=0.0625, image_size=(28, 28))
 META = {"model": {**KWARGS, "arch": "cifarnet", "image_size": [28, 28], "timesteps": 5},
         "config": to_flat(Config(model=ModelConfig(width=0.0625)))}
+# Bounds on time below are on this process's CPU time, the reader's own work, which a busy
+# machine does not change (wall time on a shared machine measures the other work too).
 SPECIAL = [b"\x00", b"\xff", b"\x00" * 4, b"\xff" * 4, b"\x7f" + b"\xff" * 7, b"\xff" * 8,
            b"99999999999", b"-1", b"[[[[", b'"', b"\n", b"\x80\x02"]
 
@@ -279,14 +281,14 @@ def test_yaml_configs(workdir, data):
 
 def test_idx_header_claiming_10_to_the_12_items(tmp_path):
     raw = bytes([0, 0, 0x08, 2]) + struct.pack(">II", 10**6, 10**6) + bytes(16)
-    start = time.perf_counter()
+    start = time.process_time()
     with pytest.raises(DataError, match="1000000000000"):
         idx.parse_idx(raw, "claims.idx")
     path = tmp_path / "claims-idx3-ubyte.gz"
     path.write_bytes(gzip.compress(raw))
     result, peak = traced(idx.read_idx_gz, path, name=str(path))
     assert result is None and peak < 4 << 20
-    assert time.perf_counter() - start < 2
+    assert time.process_time() - start < 2
 
 
 def _short(data: bytes) -> bytes:
@@ -319,10 +321,10 @@ def test_cifar_pickle_bombs(raw):
 def test_aedat_endless_comment_header(tmp_path):
     path = tmp_path / "cifar10_cat_0.aedat"
     path.write_bytes(b"#!AER-DAT2.0\r\n" + b"#\n" * (2 << 20))
-    start = time.perf_counter()
+    start = time.process_time()
     with pytest.raises(DataError, match="comment header"):
         cifar10_dvs.read_aedat(path)
-    assert time.perf_counter() - start < 2
+    assert time.process_time() - start < 2
 
 
 @pytest.mark.parametrize("damage", ["nested", "binary", "other-key", "empty", "flipped"])
@@ -567,10 +569,10 @@ def test_hostile_yaml_is_one_line(tmp_path, text, fragment):
     marker = tmp_path / "pwned"
     path = tmp_path / "hostile.yaml"
     path.write_text(text.replace("{marker}", str(marker)))
-    start = time.perf_counter()
+    start = time.process_time()
     with pytest.raises(ConfigError, match=fragment) as err:
         config.load_config(str(path))
-    assert time.perf_counter() - start < 5
+    assert time.process_time() - start < 5
     assert "\n" not in str(err.value) and len(str(err.value)) < 2000
     assert not marker.exists()
 
