@@ -41,3 +41,34 @@ def _seed_and_one_thread():
     torch.manual_seed(0)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def spread_net():
+    """``make(mode="ternary", scale="none")``: a small CIFARNet in eval mode whose weights
+    straddle the ternary threshold and whose BatchNorms have spread statistics, negative and
+    zero scales among them; compressed (``mode``) but for the first conv and the output."""
+    from torch import nn
+
+    from twinsnn.models import cifarnet
+    from twinsnn.quant import compress
+
+    def make(mode="ternary", scale="none", fc_norm="batchnorm"):
+        torch.manual_seed(0)
+        model = cifarnet(num_classes=10, in_channels=1, width=0.125, image_size=(28, 28),
+                         fc_norm=fc_norm)
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, (nn.Conv2d, nn.Linear)):
+                    module.weight.normal_(0.0, 0.15)
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.running_mean.uniform_(-1.0, 1.0)
+                    module.running_var.uniform_(0.5, 2.0)
+                    module.weight.uniform_(-0.5, 2.0)
+                    module.weight[0] = 0.0
+                    module.bias.uniform_(-0.5, 0.5)
+        if mode != "none":
+            compress(model, mode, 0.1, scale=scale)
+        return model.eval()
+
+    return make

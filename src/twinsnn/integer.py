@@ -33,8 +33,8 @@ EXACT = 2**24  # integer sums up to this size are exact in the float32 synapse
 
 def decay_shift(decay: float) -> int:
     """``k`` with ``decay = 2^-k`` (an integer ``k >= 0``); ``ConfigError`` otherwise."""
-    k = -math.log2(decay) if decay > 0 else math.inf
-    if not (k >= 0 and k == int(k) and 2.0 ** -int(k) == decay):
+    k = -math.log2(decay) if 0 < decay <= 1 else -1.0
+    if not (k >= 0 and k == int(k)):
         raise ConfigError(f"integer inference needs model.decay = 1, 1/2, 1/4, ... (a shift); "
                           f"got {decay}")
     return int(k)
