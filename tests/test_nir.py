@@ -145,3 +145,12 @@ def test_graphs_not_shaped_like_twinsnn_are_one_line_and_exit_2(tmp_path, capsys
     bad_meta = {"twinsnn": json.dumps({"format": "twinsnn-nir/1", "dt": 0.0001})}
     assert "lacks" in _eval_fails(capsys, _rewrite(graph, tmp_path / "meta.nir", metadata=bad_meta))
     assert "not a NIR graph" in _eval_fails(capsys, good_graph, "--integer")
+
+
+def test_export_refuses_a_graph_and_a_missing_file(tmp_path, capsys, good_graph):
+    for source, fragment in ((good_graph, "a NIR graph already"),
+                             (tmp_path / "missing.pt", "no such checkpoint")):
+        assert main(["export", str(source), "--format", "nir", "-o", str(tmp_path / "x.nir")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and fragment in err[0]
+    assert not (tmp_path / "x.nir").exists()

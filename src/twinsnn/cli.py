@@ -103,8 +103,12 @@ def cmd_export(args) -> int:
 
 
 def _export_nir(args) -> int:
+    from .errors import CheckpointError
     from .evaluate import load_network
     from .nir import write_graph
+    if Path(args.checkpoint).suffix == ".nir":
+        raise CheckpointError(f"{args.checkpoint} is a NIR graph already; export a "
+                              "checkpoint.pt, model.safetensors or .tnn")
     model, meta = load_network(Path(args.checkpoint))
     out = write_graph(model, meta, Path(args.output), args.fold)
     print(f"wrote {out} (NIR graph, BatchNorm folded into the {args.fold})")
