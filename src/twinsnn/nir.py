@@ -42,9 +42,7 @@ DT = 1e-4  # s: the forward-Euler step the neuron parameters assume (snnTorch's 
 FORMAT = "twinsnn-nir/1"
 METADATA_KEY = "twinsnn"
 DECODE = "logits = sum over the timesteps of the output node; class = argmax"
-
-
-FOLDS = ("neurons", "weights")
+FOLDS = ("neurons", "weights")  # where BatchNorm goes: each neuron's r and v_leak, or the weights
 
 
 def _below(threshold: np.ndarray) -> np.ndarray:
@@ -190,7 +188,7 @@ class GraphNetwork(SpikingCNN):
         self.timesteps, self.readout_decay = timesteps, readout_decay
 
 
-class NotOurs(Exception):
+class NotTwinsnnShaped(Exception):
     """The graph is readable but not the shape ``to_graph`` writes; says why."""
 
 
@@ -199,25 +197,25 @@ def _chain(graph: nir.NIRGraph) -> list[tuple[str, nir.NIRNode]]:
     successor, has_pred = {}, set()
     for src, dst in graph.edges:
         if src in successor or dst in has_pred:
-            raise NotOurs("it branches (a node with two inputs or two outputs)")
+            raise NotTwinsnnShaped("it branches (a node with two inputs or two outputs)")
         successor[src] = dst
         has_pred.add(dst)
     inputs = [k for k, n in graph.nodes.items() if isinstance(n, nir.Input)]
     if len(inputs) != 1:
-        raise NotOurs(f"it has {len(inputs)} Input nodes, not 1")
+        raise NotTwinsnnShaped(f"it has {len(inputs)} Input nodes, not 1")
     chain, name = [], inputs[0]
     while name is not None and len(chain) <= len(graph.nodes):
         chain.append((name, graph.nodes[name]))
         name = successor.get(name)
     if len(chain) != len(graph.nodes) or not isinstance(chain[-1][1], nir.Output):
-        raise NotOurs("it is not one chain of nodes from its Input to an Output")
+        raise NotTwinsnnShaped("it is not one chain of nodes from its Input to an Output")
     return chain
 
 
 def _array(node, field: str) -> np.ndarray:
     value = np.asarray(getattr(node, field))
     if not np.issubdtype(value.dtype, np.number) or not np.isfinite(value).all():
-        raise NotOurs(f"{type(node).__name__}.{field} is not a finite number array")
+        raise NotTwinsnnShaped(f"{type(node).__name__}.{field} is not a finite number array")
     return value.astype(np.float64)
 
 
@@ -225,7 +223,7 @@ def _neuron_params(node, dt: float) -> dict:
     """``GraphLIF`` arguments of a LIF node (forward Euler at ``dt``)."""
     tau = _array(node, "tau")
     if not (tau >= dt).all():
-        raise NotOurs(f"a LIF time constant is below the step dt = {dt}")
+        raise NotTwinsnnShaped(f"a LIF time constant is below the step dt = {dt}")
     ratio = dt / tau
     return dict(decay=1.0 - ratio, gain=_array(node, "r") * ratio,
                 leak=_array(node, "v_leak") * ratio, threshold=_array(node, "v_threshold"),
@@ -240,7 +238,7 @@ def _readout_decay(node, dt: float) -> float:
         ratio = dt / _array(node, "tau")
         decay, gain, leak = 1.0 - ratio, _array(node, "r") * ratio, _array(node, "v_leak")
     if np.ptp(decay) != 0 or not np.allclose(gain, 1.0, rtol=0, atol=1e-12) or leak.any():
-        raise NotOurs("its readout is not one leaky integrator with unit gain and no leak")
+        raise NotTwinsnnShaped("its readout is not one leaky integrator with unit gain and no leak")
     return float(decay.flat[0])
 
 
@@ -256,7 +254,7 @@ def _torch_synapse(node) -> nn.Module:
     bias = bias if bias is not None and bias.any() else None
     if isinstance(node, nir.Conv2d):
         if isinstance(node.padding, str):
-            raise NotOurs("a Conv2d has string padding; expected integers")
+            raise NotTwinsnnShaped("a Conv2d has string padding; expected integers")
         module = nn.Conv2d(weight.shape[1] * int(node.groups), weight.shape[0],
                            tuple(weight.shape[2:]), stride=tuple(int(v) for v in node.stride),
                            padding=tuple(int(v) for v in node.padding),
@@ -273,7 +271,7 @@ def _torch_synapse(node) -> nn.Module:
 def _pool(node) -> nn.Module:
     k = tuple(int(v) for v in np.broadcast_to(node.kernel_size, 2))
     if tuple(int(v) for v in np.broadcast_to(node.stride, 2)) != k or np.any(node.padding):
-        raise NotOurs("a pool is not non-overlapping and unpadded")
+        raise NotTwinsnnShaped("a pool is not non-overlapping and unpadded")
     return nn.AvgPool2d(k, divisor_override=1 if isinstance(node, nir.SumPool2d) else None)
 
 
@@ -293,7 +291,7 @@ def _assemble(chain, info: dict) -> GraphNetwork:
             i += 1
         if isinstance(block.synapse, nn.Conv2d):
             if fcs:
-                raise NotOurs("a Conv2d follows a fully connected layer")
+                raise NotTwinsnnShaped("a Conv2d follows a fully connected layer")
             convs.append(block)
         else:
             fcs.append(block)
@@ -303,7 +301,7 @@ def _assemble(chain, info: dict) -> GraphNetwork:
     if not convs or len(rest) != 2 or not isinstance(rest[0], (nir.Affine, nir.Linear)) \
             or not isinstance(rest[1], (nir.LI, nir.I)):
         found = ", ".join(type(n).__name__ for n in nodes)
-        raise NotOurs(f"expected Conv2d-LIF blocks, then Affine-LIF blocks, then Affine and "
+        raise NotTwinsnnShaped(f"expected Conv2d-LIF blocks, then Affine-LIF blocks, then Affine and "
                       f"an LI readout; found {found[:300]}")
     return GraphNetwork(convs, fcs, _torch_synapse(rest[0]), int(info["timesteps"]),
                         _readout_decay(rest[1], dt))
@@ -315,14 +313,14 @@ def _info(graph: nir.NIRGraph) -> dict:
     try:
         info = json.loads(raw)
     except (TypeError, ValueError, RecursionError):
-        raise NotOurs(f"it has no '{METADATA_KEY}' metadata (timesteps, dt, data set); "
+        raise NotTwinsnnShaped(f"it has no '{METADATA_KEY}' metadata (timesteps, dt, data set); "
                       "write it with `twinsnn export --format nir`") from None
     if not isinstance(info, dict) or info.get("format") != FORMAT:
-        raise NotOurs(f"its metadata is not {FORMAT}")
+        raise NotTwinsnnShaped(f"its metadata is not {FORMAT}")
     dt, steps = info.get("dt"), info.get("timesteps")
     if not (isinstance(dt, float) and dt > 0 and type(steps) is int and steps > 0
             and isinstance(info.get("meta"), dict)):
-        raise NotOurs("its metadata lacks a positive dt, timesteps or the model's meta")
+        raise NotTwinsnnShaped("its metadata lacks a positive dt, timesteps or the model's meta")
     return info
 
 
@@ -338,13 +336,13 @@ def read_graph(path) -> tuple[GraphNetwork, dict]:
         raise CheckpointError(f"{path}: not a readable NIR file ({first_line(e)})") from None
     try:
         if not isinstance(graph, nir.NIRGraph):
-            raise NotOurs("it holds a single node, not a graph")
+            raise NotTwinsnnShaped("it holds a single node, not a graph")
         info, chain = _info(graph), _chain(graph)
         model = _assemble(chain, info).eval()
         shape = np.asarray(chain[0][1].input_type["input"]).tolist()
         with torch.no_grad():
             model(torch.zeros(1, *shape))  # every shape fits
-    except NotOurs as e:
+    except NotTwinsnnShaped as e:
         raise CheckpointError(f"{path}: not a twinsnn-shaped NIR graph: {e}") from None
     except (RuntimeError, ValueError, TypeError, KeyError, AttributeError) as e:
         raise CheckpointError(f"{path}: not a twinsnn-shaped NIR graph: its layers do not "
