@@ -8,6 +8,7 @@ from torch import nn
 
 from twinsnn.analysis import (ENERGY_PJ, fan_out, format_operations, operations,
                               plot_operations, recording, spiking_blocks, weight_storage)
+from twinsnn.errors import ConfigError
 
 
 def test_fan_out_of_a_padded_conv_closed_form():
@@ -92,4 +93,7 @@ def test_plot_operations(tmp_path, spread_net):
         model(torch.randn(2, 1, 28, 28))
     out = plot_operations(operations(model, rec), tmp_path / "ops.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["ops.png"]
+    with pytest.raises(ConfigError, match=".png"):
+        plot_operations(operations(model, rec), tmp_path / "ops.nope")
     assert [p.name for p in tmp_path.iterdir()] == ["ops.png"]

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import ConfigError
 from .fold import codes_and_scale
 from .layers import SpikingBlock
 
@@ -206,6 +207,11 @@ def plot_operations(ops: dict, out: Path) -> Path:
     rows = ops["layers"]
     x = range(len(rows))
     fig, ax = plt.subplots(figsize=(max(6, len(rows)), 4))
+    kinds = fig.canvas.get_supported_filetypes()
+    if out.suffix[1:] not in kinds:
+        plt.close(fig)
+        raise ConfigError(f"cannot draw {out}: name a file ending in one of "
+                          f"{', '.join('.' + k for k in sorted(kinds))}")
     ax.bar([i - 0.2 for i in x], [r["macs"] or r["synops"] for r in rows], 0.4,
            label="SNN: MACs (first layer), SynOps (others)")
     ax.bar([i + 0.2 for i in x], [r["ann_macs"] for r in rows], 0.4, label="ANN: MACs")
@@ -214,6 +220,6 @@ def plot_operations(ops: dict, out: Path) -> Path:
     ax.set_ylabel("operations per sample")
     ax.legend()
     fig.tight_layout()
-    atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=120, format=out.suffix[1:] or "png"))
+    atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=120, format=out.suffix[1:]))
     plt.close(fig)
     return out
