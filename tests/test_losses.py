@@ -81,3 +81,20 @@ def test_reductions_convert_by_batch_and_classes():
     s = squared_error(a, b, "sum")
     torch.testing.assert_close(s, 8 * squared_error(a, b, "batchmean"))
     torch.testing.assert_close(s, 80 * squared_error(a, b, "mean"))
+
+
+@pytest.mark.parametrize("name,reduction", [("kd", "sum"), ("kd+ce", "sum"),
+                                            ("kd+ce", "batchmean")])
+def test_kd_strategies_by_hand(name, reduction):
+    # student [[1, 0], [0, 2]], teacher [[0, 0], [1, 2]], labels 0 and 1:
+    # squared differences 1 + 0 + 1 + 0 = 2 (sum) or 2 / 2 = 1 (batchmean);
+    # CE = (log(1 + e^-1) + log(1 + e^-2)) / 2
+    student = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    teacher = torch.tensor([[0.0, 0.0], [1.0, 2.0]])
+    y = torch.tensor([0, 1])
+    match = 2.0 if reduction == "sum" else 1.0
+    cross_entropy = (math.log(1 + math.exp(-1)) + math.log(1 + math.exp(-2))) / 2
+    total, parts = Strategy(name, 0.25, reduction, "logits", 1)([student, teacher], y)
+    want = 0.25 * match + (cross_entropy if name == "kd+ce" else 0.0)
+    assert total.item() == pytest.approx(want, rel=1e-6)
+    assert parts["match"].item() == pytest.approx(match, rel=1e-6)

@@ -82,3 +82,15 @@ def test_report_bad_input_is_one_line(tmp_path, capsys):
     assert "jobs.txt is not a run folder" in err and len(err.strip().splitlines()) == 1
     assert main(["report", str(run), "--baseline", "nope"]) == 2
     assert "no config 'nope'" in capsys.readouterr().err
+
+
+def test_accuracy_figure(tmp_path, capsys):
+    runs = [fake_run(tmp_path, f"{name}-seed{s}", s, 0.8 + s / 100, 0.79 + s / 100,
+                     loss__strategy=name) for name in ("single", "tna") for s in range(3)]
+    png = tmp_path / "fig3.png"
+    assert main(["plot", "--accuracy", *map(str, runs), "-o", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    bare = fake_run(tmp_path, "bare-seed0", 0, 0.5)
+    assert main(["plot", "--accuracy", str(bare), "-o", str(tmp_path / "x.png")]) == 2
+    assert "has a final test accuracy" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()

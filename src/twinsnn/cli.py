@@ -126,8 +126,12 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from .report import plot_runs
-    print(f"wrote {plot_runs([Path(r) for r in args.runs], Path(args.output))}")
+    from .report import plot_accuracy, plot_runs
+    runs = [Path(r) for r in args.runs]
+    if args.accuracy:
+        print(f"wrote {plot_accuracy(runs, Path(args.output), args.split)}")
+    else:
+        print(f"wrote {plot_runs(runs, Path(args.output))}")
     return 0
 
 
@@ -207,9 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("plot", help="training curves of runs, overlaid, labelled by what differs")
+    p = sub.add_parser("plot", help="training curves of runs, overlaid, labelled by what "
+                                    "differs; or (--accuracy) final accuracy per config")
     p.add_argument("runs", nargs="+", help="run folders")
     p.add_argument("-o", "--output", required=True, help="image file to write (.png, .pdf)")
+    p.add_argument("--accuracy", action="store_true",
+                   help="bars of each config's final accuracy with its 95%% CI and seeds")
+    p.add_argument("--split", choices=["test", "val"], default="test",
+                   help="with --accuracy: which accuracy (default: test)")
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("report", help="final accuracy of runs, seeds pooled (mean, std, 95%% "

@@ -191,13 +191,25 @@ PANELS = [("train CE (base)", "train_ce/0"), ("val accuracy (base)", "val_acc/0"
           ("train accuracy (base)", "train_acc/0"), ("base-twin agreement", "train_agreement")]
 
 
-def plot_runs(run_dirs: list[Path], out: Path) -> Path:
-    """Training curves of several runs overlaid (the paper's Fig. 2 / Fig. 3 panels), each
-    run labelled by the config values that differ between them."""
+def _figure_backend():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
 
+
+def _save(fig, out) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    fig.clf()
+    return out
+
+
+def plot_runs(run_dirs: list[Path], out: Path) -> Path:
+    """Training curves of several runs overlaid (the paper's Fig. 2 / Fig. 3 panels), each
+    run labelled by the config values that differ between them."""
+    plt = _figure_backend()
     runs = [load_run(d) for d in run_dirs]
     keys = differing_keys(runs)
     panels = [(t, k) for t, k in PANELS if any(k in m for r in runs for m in r["metrics"])]
@@ -217,8 +229,39 @@ def plot_runs(run_dirs: list[Path], out: Path) -> Path:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    try:
+        return _save(fig, out)
+    finally:
+        plt.close(fig)
+
+
+def plot_accuracy(run_dirs: list[Path], out: Path, split: str = "test") -> Path:
+    """Final accuracy of the base per config (seeds pooled, ``summarize``'s rows): the mean as
+    a bar, each seed as a dot, the 95% interval as an error bar (the paper's Fig. 3)."""
+    plt = _figure_backend()
+    rows = [r for r in summarize([load_run(d) for d in run_dirs]) if f"{split}_mean" in r]
+    if not rows:
+        raise TwinsnnError(f"none of the runs has a final {split} accuracy"
+                           + (" (evaluate them with `twinsnn sweep --test`)" if split == "test"
+                              else ""))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.8 * len(rows), 4.2))
+    means = [100 * r[f"{split}_mean"] for r in rows]
+    low = [m - 100 * r[f"{split}_ci_low"] if r[f"{split}_ci_low"] is not None else 0.0
+           for m, r in zip(means, rows)]
+    ax.bar(range(len(rows)), means, yerr=[low, low], capsize=5, color="#9bb7d4",
+           edgecolor="#33557a")
+    for i, r in enumerate(rows):
+        ax.plot([i] * len(r[f"{split}_per_seed"]), [100 * a for a in r[f"{split}_per_seed"]],
+                "o", color="black", markersize=3)
+    seeds = [100 * a for r in rows for a in r[f"{split}_per_seed"]]
+    spread = max(seeds) - min(seeds)
+    ax.set_ylim(min(seeds) - max(spread, 0.5), max(seeds) + max(spread, 0.5) / 2)
+    names = [r["config"].replace(", ", "\n") + f"\n(n={r['n']})" for r in rows]
+    ax.set_xticks(range(len(rows)), names, fontsize=7)
+    ax.set_ylabel(f"{split} accuracy of the base (%)")
+    ax.set_title("mean, 95% CI (Student t) and seeds", fontsize=9)
+    fig.tight_layout()
+    try:
+        return _save(fig, out)
+    finally:
+        plt.close(fig)
