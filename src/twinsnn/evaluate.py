@@ -17,19 +17,16 @@ from .train import Preprocess, evaluate, memory_format, resolve_device
 def load_network(path: Path, member: int = 0):
     """``(model, meta)`` from ``model.safetensors``, ``checkpoint.pt``, a ``.tnn`` or a
     ``.nir`` file."""
+    if member != 0 and path.suffix in (".nir", ".safetensors"):
+        raise CheckpointError(f"{path} holds the base network only; use checkpoint.pt "
+                              "for --member")
     if path.suffix == ".nir":
         from .nir import read_graph
-        if member != 0:
-            raise CheckpointError(f"{path} holds the base network only; use checkpoint.pt "
-                                  "for --member")
         model, meta = read_graph(path)
     elif path.suffix == ".tnn":
         from .export import load_packed
         model, meta = load_packed(path)
     elif path.suffix == ".safetensors":
-        if member != 0:
-            raise CheckpointError(f"{path} holds the base network only; use checkpoint.pt "
-                                  "for --member")
         model, meta = load_model(path)
     else:
         state = load_checkpoint(path)
