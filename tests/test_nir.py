@@ -1,5 +1,6 @@
 """NIR graphs out and back in: eq. 1 at a stated dt, BatchNorm folded, bad files refused."""
 import json
+import random
 
 import nir
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 from twinsnn.cli import main
+from twinsnn.errors import CheckpointError
 from twinsnn.fold import batchnorm_affine, fold_blocks
 from twinsnn.nir import DT, GraphLIF, read_graph, to_graph, write_graph
 
@@ -144,6 +146,10 @@ def test_graphs_not_shaped_like_twinsnn_are_one_line_and_exit_2(tmp_path, capsys
 
     bad_meta = {"twinsnn": json.dumps({"format": "twinsnn-nir/1", "dt": 0.0001})}
     assert "lacks" in _eval_fails(capsys, _rewrite(graph, tmp_path / "meta.nir", metadata=bad_meta))
+    info = json.loads(graph.metadata["twinsnn"])
+    endless = {"twinsnn": json.dumps({**info, "timesteps": 10**9})}
+    assert "timesteps (1 to" in _eval_fails(capsys, _rewrite(graph, tmp_path / "t.nir",
+                                                             metadata=endless))
     assert "not a NIR graph" in _eval_fails(capsys, good_graph, "--integer")
 
 
@@ -154,3 +160,22 @@ def test_export_refuses_a_graph_and_a_missing_file(tmp_path, capsys, good_graph)
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and fragment in err[0]
     assert not (tmp_path / "x.nir").exists()
+
+
+def test_mutated_graph_files_load_or_fail_with_one_error(tmp_path, good_graph):
+    """Bytes flipped anywhere in a graph file: it reads, or raises ``CheckpointError``."""
+    data = good_graph.read_bytes()
+    rng = random.Random(0)
+    for i in range(40):
+        raw = bytearray(data)
+        for _ in range(rng.choice([1, 8, 64])):
+            raw[rng.randrange(len(raw))] = rng.randrange(256)
+        path = tmp_path / f"mutant{i}.nir"
+        path.write_bytes(bytes(raw))
+        try:
+            model, _ = read_graph(path)
+        except CheckpointError as e:
+            assert str(path) in str(e) and "\n" not in str(e)
+        else:
+            with torch.no_grad():
+                assert model(torch.zeros(1, 1, 28, 28)).shape == (1, 10)

@@ -42,6 +42,7 @@ DT = 1e-4  # s: the forward-Euler step the neuron parameters assume (snnTorch's 
 FORMAT = "twinsnn-nir/1"
 METADATA_KEY = "twinsnn"
 DECODE = "logits = sum over the timesteps of the output node; class = argmax"
+MAX_TIMESTEPS = 10_000  # a graph asking for more is refused, not run
 FOLDS = ("neurons", "weights")  # where BatchNorm goes: each neuron's r and v_leak, or the weights
 
 
@@ -318,9 +319,10 @@ def _info(graph: nir.NIRGraph) -> dict:
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise NotTwinsnnShaped(f"its metadata is not {FORMAT}")
     dt, steps = info.get("dt"), info.get("timesteps")
-    if not (isinstance(dt, float) and dt > 0 and type(steps) is int and steps > 0
-            and isinstance(info.get("meta"), dict)):
-        raise NotTwinsnnShaped("its metadata lacks a positive dt, timesteps or the model's meta")
+    if not (isinstance(dt, float) and dt > 0 and type(steps) is int
+            and 0 < steps <= MAX_TIMESTEPS and isinstance(info.get("meta"), dict)):
+        raise NotTwinsnnShaped(f"its metadata lacks a positive dt, timesteps (1 to "
+                               f"{MAX_TIMESTEPS}) or the model's meta")
     return info
 
 
@@ -344,7 +346,7 @@ def read_graph(path) -> tuple[GraphNetwork, dict]:
             model(torch.zeros(1, *shape))  # every shape fits
     except NotTwinsnnShaped as e:
         raise CheckpointError(f"{path}: not a twinsnn-shaped NIR graph: {e}") from None
-    except (RuntimeError, ValueError, TypeError, KeyError, AttributeError) as e:
+    except Exception as e:  # any bad value in an untrusted graph
         raise CheckpointError(f"{path}: not a twinsnn-shaped NIR graph: its layers do not "
                               f"fit together ({first_line(e)})") from None
     return model, info["meta"]
