@@ -45,3 +45,57 @@ def _seed_and_one_thread():
     torch.manual_seed(0)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def spread_net():
+    """``make(mode="ternary", scale="none")``: a small CIFARNet in eval mode whose weights
+    straddle the ternary threshold and whose BatchNorms have spread statistics, negative and
+    zero scales among them; compressed (``mode``) but for the first conv and the output."""
+    from torch import nn
+
+    from twinsnn.config import ModelConfig
+    from twinsnn.models import cifarnet
+    from twinsnn.quant import compress
+
+    def make(mode="ternary", scale="none", fc_norm="batchnorm"):
+        torch.manual_seed(0)
+        model = cifarnet(ModelConfig(width=0.125, fc_norm=fc_norm), 10, 1, (28, 28))
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, (nn.Conv2d, nn.Linear)):
+                    module.weight.normal_(0.0, 0.15)
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.running_mean.uniform_(-1.0, 1.0)
+                    module.running_var.uniform_(0.5, 2.0)
+                    module.weight.uniform_(-0.5, 2.0)
+                    module.weight[0] = 0.0
+                    module.bias.uniform_(-0.5, 0.5)
+        if mode != "none":
+            compress(model, mode, 0.1, scale=scale)
+        return model.eval()
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def trained_runs(tmp_path_factory) -> dict:
+    """Two really trained CPU-scale runs on the real Fashion-MNIST (skipped without it), made
+    once per session: ``fp``, the fmnist-cpu preset at width 0.0625 on 2,000 training images
+    for one epoch;
+    ``ternary``, branched from it for one more epoch with ternary weights (fmnist-cpu-tsnn,
+    threshold 0.7 mean |W|). Returns ``{"fp": run folder, "ternary": run folder}``."""
+    from twinsnn.config import load_config
+    from twinsnn.train import fit
+
+    if fashion_mnist.locate(None) is None:
+        pytest.skip("real Fashion-MNIST not installed")
+    out = tmp_path_factory.mktemp("trained")
+    common = [f"out_dir={out}", "model.width=0.0625", "data.train_limit=2000",
+              "data.val_size=500", "train.compile=false"]
+    fit(load_config("fmnist-cpu", common + ["name=fp", "train.epochs=1"]), progress=False)
+    fit(load_config("fmnist-cpu-tsnn", common + ["name=ternary", "train.epochs=2",
+                                                 "quant.start_epoch=1", "quant.delta=0.7",
+                                                 "quant.delta_rule=mean_abs"]),
+        progress=False, branch_from=out / "fp" / "checkpoint.pt")
+    return {"fp": out / "fp", "ternary": out / "ternary"}

@@ -65,7 +65,10 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from .evaluate import evaluate_file
     report = evaluate_file(Path(args.model), member=args.member, data_dir=args.data_dir,
-                           device=args.device or "auto", split=args.split)
+                           device=args.device or "auto", split=args.split, integer=args.integer)
+    if args.plot:
+        from .analysis import plot_operations
+        plot_operations(report["operations"], Path(args.plot))
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -87,6 +90,8 @@ def cmd_export(args) -> int:
     from .checkpoint import load_checkpoint, member_from_checkpoint
     from .export import export_packed, format_size_report, size_report
     from .quant import weight_sparsity
+    if args.format == "nir":
+        return _export_nir(args)
     state = load_checkpoint(Path(args.checkpoint))
     model = member_from_checkpoint(state, 0, args.checkpoint)
     out = export_packed(model, state["meta"], Path(args.output))
@@ -96,6 +101,19 @@ def cmd_export(args) -> int:
     if sparsity:
         print("zero weights per compressed layer: " +
               ", ".join(f"{k} {100 * v:.1f}%" for k, v in sparsity.items()))
+    return 0
+
+
+def _export_nir(args) -> int:
+    from .errors import CheckpointError
+    from .evaluate import load_network
+    from .nir import write_graph
+    if Path(args.checkpoint).suffix == ".nir":
+        raise CheckpointError(f"{args.checkpoint} is a NIR graph already; export a "
+                              "checkpoint.pt, model.safetensors or .tnn")
+    model, meta = load_network(Path(args.checkpoint))
+    out = write_graph(model, meta, Path(args.output), args.fold)
+    print(f"wrote {out} (NIR graph, BatchNorm folded into the {args.fold})")
     return 0
 
 
@@ -158,12 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="test accuracy, confusion matrix and firing rates of a model")
-    p.add_argument("model", help="model.safetensors, checkpoint.pt or an exported .tnn file")
+    p.add_argument("model", help="model.safetensors, checkpoint.pt, an exported .tnn or .nir file")
     p.add_argument("--member", type=int, default=0, help="cohort member of a checkpoint (0 = base)")
     p.add_argument("--split", choices=["test", "val"], default="test")
     p.add_argument("--data-dir")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--integer", action="store_true",
+                   help="a ternary/binary model's hidden layers on integers only (docs/deploy.md)")
+    p.add_argument("--plot", metavar="FILE", help="also write a bar chart of each layer's "
+                                                  "synaptic operations (.png, .pdf)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("data", help="data set utilities")
@@ -173,10 +195,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--data-dir")
     c.set_defaults(func=cmd_data_check)
 
-    p = sub.add_parser("export", help="write the base network for deployment (2-bit packed)")
-    p.add_argument("checkpoint", help="a run's checkpoint.pt")
-    p.add_argument("--format", choices=["packed"], default="packed",
-                   help="packed: ternary/binary layers at 2/1 bits per weight, the rest float32")
+    p = sub.add_parser("export", help="write the base network for deployment (2-bit packed "
+                                      "or a NIR graph)")
+    p.add_argument("checkpoint", help="a run's checkpoint.pt (nir: also model.safetensors, .tnn)")
+    p.add_argument("--format", choices=["packed", "nir"], default="packed",
+                   help="packed: ternary/binary layers at 2/1 bits per weight, the rest float32; "
+                        "nir: a NIR graph with BatchNorm folded (docs/deploy.md)")
+    p.add_argument("--fold", choices=["neurons", "weights"], default="neurons",
+                   help="nir: fold BatchNorm into each neuron's input scale and leak (the "
+                        "default; the graph reproduces the model bitwise) or into the "
+                        "full-precision weights and biases")
     p.add_argument("-o", "--output", required=True, help="file to write, e.g. model.tnn")
     p.set_defaults(func=cmd_export)
 

@@ -1,6 +1,6 @@
 """Inference: accuracy, mean loss, confusion matrix and firing rates of a network on a data
-split (``evaluate``), and of a saved network (inference model, training checkpoint or packed
-export) on the test (or validation) split of the data set it was trained on."""
+split (``evaluate``), and of a saved network (inference model, training checkpoint, packed
+export or NIR graph) on the test (or validation) split of the data set it was trained on."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .analysis import firing_rates
+from .analysis import firing_rates, format_operations, operations, recording
 from .checkpoint import load_checkpoint, load_model, member_from_checkpoint
 from .config import from_flat
 from .data import Dataset, build_data
@@ -40,19 +40,36 @@ def evaluate(model: torch.nn.Module, data: Dataset, preprocess: Preprocess, batc
             "confusion": confusion.cpu().tolist(), "rates": rates}
 
 
-def load_for_eval(path: Path, member: int = 0):
-    """``(model, config)`` from ``model.safetensors``, ``checkpoint.pt`` or a ``.tnn`` file."""
-    if path.suffix == ".tnn":
+def load_network(path: Path, member: int = 0):
+    """``(model, meta)`` from ``model.safetensors``, ``checkpoint.pt``, a ``.tnn`` or a
+    ``.nir`` file."""
+    if member != 0 and path.suffix in (".nir", ".safetensors"):
+        raise CheckpointError(f"{path} holds the base network only; use checkpoint.pt "
+                              "for --member")
+    if path.suffix == ".nir":
+        from .nir import read_graph
+        model, meta = read_graph(path)
+    elif path.suffix == ".tnn":
         from .export import load_packed
         model, meta = load_packed(path)
     elif path.suffix == ".safetensors":
-        if member != 0:
-            raise CheckpointError(f"{path} holds the base network only; use checkpoint.pt "
-                                  "for --member")
         model, meta = load_model(path)
     else:
         state = load_checkpoint(path)
         model, meta = member_from_checkpoint(state, member, path), state["meta"]
+    return model, meta
+
+
+def load_for_eval(path: Path, member: int = 0, integer: bool = False):
+    """``(model, config)`` of ``load_network``; ``integer``: its integer inference
+    (``integer.py``)."""
+    model, meta = load_network(path, member)
+    if integer:
+        if path.suffix == ".nir":
+            raise CheckpointError(f"{path}: --integer runs a .tnn, checkpoint.pt or "
+                                  "model.safetensors of a compressed run, not a NIR graph")
+        from .integer import integer_model
+        model = integer_model(model)
     if not isinstance(meta.get("config"), dict):
         raise CheckpointError(f"{path}: holds no training config to evaluate it with")
     try:
@@ -62,8 +79,8 @@ def load_for_eval(path: Path, member: int = 0):
 
 
 def evaluate_file(path: Path, member: int = 0, data_dir: str | None = None,
-                  device: str = "auto", split: str = "test") -> dict:
-    model, cfg = load_for_eval(path, member)
+                  device: str = "auto", split: str = "test", integer: bool = False) -> dict:
+    model, cfg = load_for_eval(path, member, integer)
     if data_dir is not None:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dir=data_dir))
     dev = resolve_device(device)
@@ -71,18 +88,23 @@ def evaluate_file(path: Path, member: int = 0, data_dir: str | None = None,
     model = place(model, cfg.train, dev).eval()
     dataset = data.test if split == "test" else data.val
     preprocess = Preprocess(data, False, cfg.train.channels_last)
-    result = evaluate(model, dataset, preprocess, cfg.train.eval_batch_size, dev, data.num_classes)
-    return {"model": str(path), "member": member, "data": data.name, "split": split,
-            "samples": len(dataset), "accuracy": result["acc"], "loss": result["loss"],
-            "confusion": result["confusion"], "firing_rates": result["rates"]}
+    with recording(model) as rec:
+        result = evaluate(model, dataset, preprocess, cfg.train.eval_batch_size, dev,
+                          data.num_classes)
+    return {"model": str(path), "member": member, "integer": integer, "data": data.name,
+            "split": split, "samples": len(dataset), "accuracy": result["acc"],
+            "loss": result["loss"], "confusion": result["confusion"],
+            "firing_rates": result["rates"], "operations": operations(model, rec)}
 
 
 def format_report(report: dict) -> str:
-    lines = [f"{report['model']} (member {report['member']}) on {report['data']} "
+    integer = ", integer inference" if report["integer"] else ""
+    lines = [f"{report['model']} (member {report['member']}{integer}) on {report['data']} "
              f"{report['split']} ({report['samples']} samples)",
              f"accuracy: {100 * report['accuracy']:.2f}%   mean CE: {report['loss']:.4f}",
              "confusion matrix (rows: true class, columns: predicted):"]
     lines += ["  " + " ".join(f"{v:5d}" for v in row) for row in report["confusion"]]
     lines.append("firing rates (spikes per neuron per timestep):")
     lines += [f"  {name:10s} {rate:.4f}" for name, rate in report["firing_rates"].items()]
+    lines.append(format_operations(report["operations"]))
     return "\n".join(lines)
