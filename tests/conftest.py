@@ -1,4 +1,5 @@
 import gzip
+import os
 import struct
 from pathlib import Path
 
@@ -81,21 +82,30 @@ def spread_net():
 @pytest.fixture(scope="session")
 def trained_runs(tmp_path_factory) -> dict:
     """Two really trained CPU-scale runs on the real Fashion-MNIST (skipped without it), made
-    once per session: ``fp``, the fmnist-cpu preset at width 0.0625 on 2,000 training images
-    for one epoch;
-    ``ternary``, branched from it for one more epoch with ternary weights (fmnist-cpu-tsnn,
-    threshold 0.7 mean |W|). Returns ``{"fp": run folder, "ternary": run folder}``."""
+    once per test session and shared by the xdist workers: ``fp``, the fmnist-cpu preset at
+    width 0.0625 on 2,000 training images for one epoch; ``ternary``, branched from it for one
+    more epoch with ternary weights (fmnist-cpu-tsnn, threshold 0.7 mean |W|).
+    Returns ``{"fp": run folder, "ternary": run folder}``."""
+    from filelock import FileLock
+
     from twinsnn.config import load_config
     from twinsnn.train import fit
 
     if fashion_mnist.locate(None) is None:
         pytest.skip("real Fashion-MNIST not installed")
-    out = tmp_path_factory.mktemp("trained")
-    common = [f"out_dir={out}", "model.width=0.0625", "data.train_limit=2000",
-              "data.val_size=500", "train.compile=false"]
-    fit(load_config("fmnist-cpu", common + ["name=fp", "train.epochs=1"]), progress=False)
-    fit(load_config("fmnist-cpu-tsnn", common + ["name=ternary", "train.epochs=2",
-                                                 "quant.start_epoch=1", "quant.delta=0.7",
-                                                 "quant.delta_rule=mean_abs"]),
-        progress=False, branch_from=out / "fp" / "checkpoint.pt")
-    return {"fp": out / "fp", "ternary": out / "ternary"}
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the workers' folders share this session's parent
+        root = root.parent
+    out = root / "trained"
+    runs = {"fp": out / "fp", "ternary": out / "ternary"}
+    with FileLock(str(root / "trained.lock")):
+        if not (runs["ternary"] / "model.safetensors").exists():
+            common = [f"out_dir={out}", "model.width=0.0625", "data.train_limit=2000",
+                      "data.val_size=500", "train.compile=false"]
+            fit(load_config("fmnist-cpu", common + ["name=fp", "train.epochs=1"]),
+                progress=False)
+            fit(load_config("fmnist-cpu-tsnn", common + [
+                "name=ternary", "train.epochs=2", "quant.start_epoch=1", "quant.delta=0.7",
+                "quant.delta_rule=mean_abs"]), progress=False,
+                branch_from=runs["fp"] / "checkpoint.pt")
+    return runs

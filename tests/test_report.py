@@ -58,19 +58,25 @@ def test_report_pairs_configs_by_seed(tmp_path, capsys):
              [(0, 0.88, 0.88), (1, 0.90, 0.88), (2, 0.89, 0.87)]]
     rows = summarize([load_run(r) for r in runs])
     assert [r["config"] for r in rows] == ["mode=none", "mode=ternary"]  # order first seen
+    assert [r["name"] for r in rows] == ["fp", "t"]  # the folder names without -seed<N>
     [pair] = paired_rows(rows)
-    assert pair["baseline"] == "mode=none"
+    assert pair["baseline"] == "fp"
     assert pair["test"]["mean"] == pytest.approx(-0.02, abs=1e-12)
     assert pair["test"]["seeds"] == [0, 1, 2]
 
     assert main(["report", *map(str, runs)]) == 0
     out = capsys.readouterr().out
-    assert "| mode=ternary | 3 | 89.00 ± 1.00 | [86.52, 91.48] | 87.67 ± 0.58 |" in out
-    assert "| mode=ternary | 3 | -2.00 |" in out and "against mode=none" in out
-    assert main(["report", *map(str, runs), "--baseline", "mode=ternary", "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
-    assert report["paired"][0]["config"] == "mode=none"
-    assert report["paired"][0]["val"]["mean"] == pytest.approx(0.02, abs=1e-12)
+    assert "| t | 3 | 89.00 ± 1.00 | [86.52, 91.48] | 87.67 ± 0.58 |" in out
+    assert "| t | 3 | -2.00 |" in out and "against fp" in out
+    for baseline in ("mode=ternary", "t"):  # a config label or a name
+        assert main(["report", *map(str, runs), "--baseline", baseline, "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["paired"][0]["name"] == "fp" and report["paired"][0]["baseline"] == "t"
+        assert report["paired"][0]["val"]["mean"] == pytest.approx(0.02, abs=1e-12)
+    (tmp_path / "more").mkdir()
+    binary = fake_run(tmp_path / "more", "fp-seed3", 3, 0.5, quant__mode="binary")
+    rows = summarize([load_run(r) for r in [*runs, binary]])
+    assert [r["name"] for r in rows] == [None] * 3  # "fp" would name two configs
 
 
 def test_report_bad_input_is_one_line(tmp_path, capsys):

@@ -46,7 +46,7 @@ train: {{epochs: 1, batch_size: 32, eval_batch_size: 100, compile: false}}
     assert main(["plot", *map(str, runs), "-o", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert main(["report", *map(str, runs)]) == 0
-    assert "| alpha=0.01 | 1 |" in capsys.readouterr().out
+    assert "| tiny-alpha0.01 | 1 |" in capsys.readouterr().out
 
 
 def test_summary_pools_seeds_of_one_config():

@@ -88,21 +88,29 @@ def _group_key(run: dict, by_seed: str) -> str:
                        if k not in (by_seed, "data.dir", *IGNORED_KEYS)}, sort_keys=True)
 
 
+def _seedless(run: dict, by_seed: str) -> str:
+    """The run folder's name without its ``-seed<N>`` suffix."""
+    return Path(run["dir"]).name.removesuffix(f"-seed{run['config'].get(by_seed)}")
+
+
 def summarize(runs: list[dict], by_seed: str = "train.seed") -> list[dict]:
     """One row per config (seeds pooled) in the order first seen: for the base's final val
     (and test) accuracy, the value per seed (``<split>_per_seed``, ``<split>_by_seed``) and
-    ``t_interval``'s ``n``, mean, std and 95% interval. Rows are labelled by the config
-    values that differ between them or, where only seeds differ, by the run folder name
-    without its ``-seed<N>`` suffix."""
+    ``t_interval``'s ``n``, mean, std and 95% interval. ``config`` labels a row by the config
+    values that differ between rows (by the run folder name without its ``-seed<N>`` suffix
+    where only seeds differ); ``name`` is that folder name where it tells every row apart,
+    else None."""
     keys = [k for k in differing_keys(runs) if k != by_seed]
     groups: dict[str, list[dict]] = {}
     for run in (r for r in runs if r["metrics"]):
         groups.setdefault(_group_key(run, by_seed), []).append(run)
+    names = [{_seedless(r, by_seed) for r in members} for members in groups.values()]
+    by_name = all(len(n) == 1 for n in names) and len({min(n) for n in names}) == len(names)
     rows = []
-    for members in groups.values():
+    for members, name in zip(groups.values(), names):
         first = members[0]
-        seedless = Path(first["dir"]).name.removesuffix(f"-seed{first['config'].get(by_seed)}")
-        row = {"config": label(first, keys) if keys else seedless,
+        row = {"config": label(first, keys) if keys else min(name),
+               "name": min(name) if by_name else None,
                "seeds": [r["config"].get(by_seed) for r in members]}
         for split in ("val", "test"):
             accs = [final_accuracy(r, split) for r in members]
@@ -123,26 +131,31 @@ def best_first(rows: list[dict]) -> list[dict]:
 
 
 def paired_rows(rows: list[dict], baseline: str | None = None) -> list[dict]:
-    """Every row against ``baseline`` (a row's config label; default the first row), paired
-    by seed: ``{"config", "baseline", "<split>": paired_difference}`` for val and test."""
+    """Every row against ``baseline`` (a row's config label or name; default the first row),
+    paired by seed: ``{"config", "name", "baseline", "<split>": paired_difference}`` for val
+    and test."""
     if not rows:
         return []
-    base = rows[0] if baseline is None else next((r for r in rows if r["config"] == baseline),
-                                                 None)
+    base = rows[0] if baseline is None else next(
+        (r for r in rows if baseline in (r["config"], r["name"])), None)
     if base is None:
         raise TwinsnnError(f"no config {baseline!r} among the runs; configs: "
-                           + "; ".join(r["config"] for r in rows))
+                           + "; ".join(_row_label(r) for r in rows))
     out = []
     for row in rows:
         if row is base:
             continue
-        entry = {"config": row["config"], "baseline": base["config"]}
+        entry = {"config": row["config"], "name": row["name"], "baseline": _row_label(base)}
         for split in ("val", "test"):
             if f"{split}_by_seed" in row and f"{split}_by_seed" in base:
                 entry[split] = paired_difference(base[f"{split}_by_seed"],
                                                  row[f"{split}_by_seed"])
         out.append(entry)
     return out
+
+
+def _row_label(row: dict) -> str:
+    return row.get("name") or row["config"]
 
 
 def _pct(x: float) -> str:
@@ -167,7 +180,7 @@ def format_summary(rows: list[dict], paired: list[dict] = ()) -> str:
                           _ci(r, f"{split}_")]
             else:
                 cells += ["-", "-"]
-        lines.append(f"| {r['config']} | {r['n']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_row_label(r)} | {r['n']} | " + " | ".join(cells) + " |")
     if paired:
         lines += ["", f"Paired by seed, against {paired[0]['baseline']} (percentage points):",
                   "", "| config | pairs | val diff | val 95% CI | val p | test diff "
@@ -182,7 +195,7 @@ def format_summary(rows: list[dict], paired: list[dict] = ()) -> str:
                               "-" if d["p"] is None else f"{d['p']:.3g}"]
                 else:
                     cells += ["-", "-", "-"]
-            lines.append(f"| {entry['config']} | {pairs} | " + " | ".join(cells) + " |")
+            lines.append(f"| {_row_label(entry)} | {pairs} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -256,7 +269,7 @@ def plot_accuracy(run_dirs: list[Path], out: Path, split: str = "test") -> Path:
     seeds = [100 * a for r in rows for a in r[f"{split}_per_seed"]]
     spread = max(seeds) - min(seeds)
     ax.set_ylim(min(seeds) - max(spread, 0.5), max(seeds) + max(spread, 0.5) / 2)
-    names = [r["config"].replace(", ", "\n") + f"\n(n={r['n']})" for r in rows]
+    names = [_row_label(r).replace(", ", "\n") + f"\n(n={r['n']})" for r in rows]
     ax.set_xticks(range(len(rows)), names, fontsize=7)
     ax.set_ylabel(f"{split} accuracy of the base (%)")
     ax.set_title("mean, 95% CI (Student t) and seeds", fontsize=9)
