@@ -109,7 +109,7 @@ def summarize(runs: list[dict], by_seed: str = "train.seed") -> list[dict]:
     rows = []
     for members, name in zip(groups.values(), names):
         first = members[0]
-        row = {"config": label(first, keys) if keys else min(name),
+        row = {"config": label(first, keys) if keys else _seedless(first, by_seed),
                "name": min(name) if by_name else None,
                "seeds": [r["config"].get(by_seed) for r in members]}
         for split in ("val", "test"):
