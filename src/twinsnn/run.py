@@ -6,20 +6,23 @@
 - ``checkpoint.pt``: every member, the optimizer, the schedule and the position in the data,
   written after every epoch and, when the run is stopped, mid-epoch (with the RNG states and
   the running sums of the epoch);
-- ``model.safetensors``: the base network, at the end.
+- ``model.safetensors``: the base network, at the end;
+- ``.lock``: held (``fcntl.flock``) by the one process writing the run, holding its PID.
 
 A run starts fresh, continues from its own checkpoint (``resume``), or starts from another
 run's end-of-epoch checkpoint (``branch_from``) where that gives bitwise the run its config
 gives from scratch (``check_branch``). ``StopSignal`` turns SIGINT/SIGTERM into a flag that
-the loop reads after every step.
+the loop reads after every step (handlers only in the main thread: ``fit`` runs in any).
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -38,13 +41,17 @@ BRANCH_FREE_KEYS = ("name", "out_dir", "data.dir", "train.epochs", "train.eval_t
 
 
 class StopSignal:
-    """SIGINT/SIGTERM set ``requested``; the loop finishes its step, checkpoints and stops."""
+    """SIGINT/SIGTERM set ``requested``; the loop finishes its step, checkpoints and stops.
+    Python delivers signals to the main thread only, so elsewhere no handler is installed."""
 
     def __init__(self):
         self.requested = False
 
     def __enter__(self):
-        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        self._old = {}
+        if threading.current_thread() is threading.main_thread():
+            self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT,
+                                                                     signal.SIGTERM)}
         return self
 
     def _handle(self, signum, _frame):
@@ -143,41 +150,80 @@ def _write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
-class RunFolder:
-    """The files of the run ``cfg`` names, and the steps of its life."""
+class RunLock:
+    """An exclusive ``fcntl.flock`` on ``path`` for one writer, with the holder's PID in the
+    file. The kernel drops the lock with its process, so a killed run never blocks a resume;
+    the file itself stays (removing it would let two processes lock two different files)."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise ``TwinsnnError`` naming the process that holds it; on a
+        held lock nothing is written."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            raise TwinsnnError(f"{self.path.parent} is being written by another process "
+                               f"(PID {holder or 'unknown'}); wait for it to end or choose "
+                               "another --name") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class RunFolder:
+    """The files of the run ``cfg`` names, and the steps of its life. Only a ``writer``
+    (the one process of a run, or rank 0 of a data-parallel one) locks and writes them."""
+
+    def __init__(self, cfg: Config, writer: bool = True):
         self.cfg = cfg
+        self.writer = writer
         self.dir = Path(cfg.out_dir) / cfg.name
         self.checkpoint = self.dir / "checkpoint.pt"
         self.metrics = self.dir / "metrics.jsonl"
+        self.lock = RunLock(self.dir / ".lock")
         self.branch_from = None
 
     def check(self, resume: bool, branch_from: Path | None) -> dict | None:
-        """Before anything is loaded: the run can start as asked and its folder is writable.
-        Returns the checkpoint to branch from, if any."""
+        """Before anything is loaded: the run can start as asked, and a writer holds the
+        folder's lock (taken before anything is written). Returns the checkpoint to branch
+        from, if any."""
         if resume and branch_from:
             raise ConfigError("--resume continues a run in its own folder; --branch-from "
                               "starts a new one: pass only one")
         if resume and not self.checkpoint.exists():
             raise TwinsnnError(f"nothing to resume: {self.checkpoint} does not exist")
-        if not resume and self.checkpoint.exists():
-            raise TwinsnnError(f"{self.dir} already holds a run; pass --resume to continue "
-                               "it or --name to start another")
         source = None
         if branch_from:
             self.branch_from = Path(branch_from)
             source = load_checkpoint(self.branch_from)
             check_branch(source, self.cfg, self.branch_from)
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            probe = self.dir / ".write-test"
-            probe.write_bytes(b"0")
-            probe.unlink()
-        except OSError as e:
-            raise TwinsnnError(f"cannot write to run folder {self.dir} ({e.strerror}); "
-                               "choose another --out-dir") from None
+        if self.writer:
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                self.lock.acquire()
+            except OSError as e:
+                raise TwinsnnError(f"cannot write to run folder {self.dir} ({e.strerror}); "
+                                   "choose another --out-dir") from None
+        if not resume and self.checkpoint.exists():
+            self.lock.release()
+            raise TwinsnnError(f"{self.dir} already holds a run; pass --resume to continue "
+                               "it or --name to start another")
         return source
+
+    def release(self) -> None:
+        """Let another process write the folder (also done by the kernel at exit)."""
+        self.lock.release()
 
     def start(self, cohort, data, deterministic: bool, source: dict | None) -> int:
         """Write a new run's ``run.json`` and ``metrics.jsonl`` (the source's epochs when

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -212,27 +213,37 @@ def run_epoch(t: Training, epoch: int, state: dict | None = None) -> dict:
 
 
 def fit(cfg: Config, resume: bool = False, progress: bool = True,
-        branch_from: Path | None = None) -> dict:
+        branch_from: Path | None = None,
+        on_epoch_end: Callable[[dict], bool | None] | None = None) -> dict:
     """Train as ``cfg`` says; returns the last epoch's metrics record. ``resume``: continue the
     run in its folder; ``branch_from``: start from another run's end-of-epoch checkpoint (see
     ``run.check_branch``), e.g. to compress a full-precision run at its ``quant.start_epoch``
-    without training that phase again."""
+    without training that phase again. ``on_epoch_end(record)`` sees every epoch's record once
+    it is logged and checkpointed; a true return stops the run there (resume it later with
+    ``resume=True``; ``model.safetensors`` is written only by a run that trained every epoch).
+    Callable from any thread; SIGINT/SIGTERM stop it cleanly when called in the main thread."""
     run = RunFolder(cfg)
     source = run.check(resume, branch_from)
-    device, deterministic = configure(cfg.train)
-    strategy = strategy_from_config(cfg.loss)
-    data = build_data(cfg.data, cfg.model.timesteps)
-    cohort = build_cohort(cfg, data, strategy, device)
-    t = Training(cfg, cohort, strategy, data, Dataset(data.train.x.to(device),
-                 data.train.y.to(device)), Preprocess(data, cfg.data.augment,
-                 cfg.train.channels_last), run, StopSignal(), progress)
-    # the handler is in place before run.json exists: a run that shows up can be stopped
-    # cleanly at any moment
-    with t.stop:
-        state = run.resume(cohort) if resume else None
-        first = state["epoch"] if resume else run.start(cohort, data, deterministic, source)
-        record = {}
-        for epoch in range(first, cfg.train.epochs):
-            record = run_epoch(t, epoch, state if epoch == first else None)
-    run.finish(cohort.members[0], cohort.meta)
-    return record
+    try:
+        device, deterministic = configure(cfg.train)
+        strategy = strategy_from_config(cfg.loss)
+        data = build_data(cfg.data, cfg.model.timesteps)
+        cohort = build_cohort(cfg, data, strategy, device)
+        t = Training(cfg, cohort, strategy, data, Dataset(data.train.x.to(device),
+                     data.train.y.to(device)), Preprocess(data, cfg.data.augment,
+                     cfg.train.channels_last), run, StopSignal(), progress)
+        # the handler is in place before run.json exists: a run that shows up can be stopped
+        # cleanly at any moment
+        with t.stop:
+            state = run.resume(cohort) if resume else None
+            first = state["epoch"] if resume else run.start(cohort, data, deterministic, source)
+            record = {}
+            for epoch in range(first, cfg.train.epochs):
+                record = run_epoch(t, epoch, state if epoch == first else None)
+                if on_epoch_end is not None and on_epoch_end(record) \
+                        and epoch + 1 < cfg.train.epochs:
+                    return record
+        run.finish(cohort.members[0], cohort.meta)
+        return record
+    finally:
+        run.release()
