@@ -45,6 +45,12 @@ train: {{epochs: 1, batch_size: 32, eval_batch_size: 100, compile: false}}
     png = tmp_path / "fig.png"
     assert main(["plot", *map(str, runs), "-o", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    capsys.readouterr()
+    for bad, says in ((tmp_path, "name a file ending in"), (png / "fig.png", "cannot write")):
+        assert main(["plot", *map(str, runs), "-o", str(bad)]) == 2  # a folder; under a file
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], err
+    assert not list(tmp_path.glob("*.png.png")) and not (tmp_path.with_suffix(".png")).exists()
     assert main(["report", *map(str, runs)]) == 0
     assert "| tiny-alpha0.01 | 1 |" in capsys.readouterr().out
 

@@ -194,6 +194,20 @@ def format_operations(ops: dict) -> str:
     return "\n".join(lines)
 
 
+def save_figure(fig, out: Path) -> Path:
+    """Write ``fig`` atomically to ``out`` in the format its suffix names; ``ConfigError``
+    for a suffix matplotlib cannot write, ``WriteError`` for a path it cannot."""
+    from .checkpoint import atomic_write
+
+    out = Path(out)
+    kinds = fig.canvas.get_supported_filetypes()
+    if out.suffix[1:] not in kinds:
+        raise ConfigError(f"cannot draw {out}: name a file ending in one of "
+                          f"{', '.join('.' + k for k in sorted(kinds))}")
+    atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=120, format=out.suffix[1:]))
+    return out
+
+
 def plot_operations(ops: dict, out: Path) -> Path:
     """Bar chart of each layer's operations per sample (the first layer's MACs, SynOps
     elsewhere) beside the ANN's MACs, log scale; written atomically to ``out``."""
@@ -201,25 +215,18 @@ def plot_operations(ops: dict, out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .checkpoint import atomic_write
-
-    out = Path(out)
     rows = ops["layers"]
     x = range(len(rows))
     fig, ax = plt.subplots(figsize=(max(6, len(rows)), 4))
-    kinds = fig.canvas.get_supported_filetypes()
-    if out.suffix[1:] not in kinds:
+    try:
+        ax.bar([i - 0.2 for i in x], [r["macs"] or r["synops"] for r in rows], 0.4,
+               label="SNN: MACs (first layer), SynOps (others)")
+        ax.bar([i + 0.2 for i in x], [r["ann_macs"] for r in rows], 0.4, label="ANN: MACs")
+        ax.set_xticks(list(x), [r["layer"] for r in rows])
+        ax.set_yscale("log")
+        ax.set_ylabel("operations per sample")
+        ax.legend()
+        fig.tight_layout()
+        return save_figure(fig, out)
+    finally:
         plt.close(fig)
-        raise ConfigError(f"cannot draw {out}: name a file ending in one of "
-                          f"{', '.join('.' + k for k in sorted(kinds))}")
-    ax.bar([i - 0.2 for i in x], [r["macs"] or r["synops"] for r in rows], 0.4,
-           label="SNN: MACs (first layer), SynOps (others)")
-    ax.bar([i + 0.2 for i in x], [r["ann_macs"] for r in rows], 0.4, label="ANN: MACs")
-    ax.set_xticks(list(x), [r["layer"] for r in rows])
-    ax.set_yscale("log")
-    ax.set_ylabel("operations per sample")
-    ax.legend()
-    fig.tight_layout()
-    atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=120, format=out.suffix[1:]))
-    plt.close(fig)
-    return out

@@ -51,11 +51,14 @@ def _config_from_args(args):
 
 
 def cmd_train(args) -> int:
+    from .distributed import writer_process
     from .runtime import retain_freed_memory
     from .train import fit
     cfg = _config_from_args(args)
     retain_freed_memory()
     record = fit(cfg, resume=args.resume, progress=not args.quiet, branch_from=args.branch_from)
+    if not writer_process():  # under torchrun rank 0 speaks for the run
+        return 0
     run_dir = Path(cfg.out_dir) / cfg.name
     print(f"finished {cfg.name}: val acc {record.get('val_acc/0', float('nan')):.4f}; "
           f"model saved to {run_dir / 'model.safetensors'}")
@@ -123,7 +126,7 @@ def cmd_sweep(args) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     retain_freed_memory()
     sweep(args.config, args.overrides, seeds, args.out_dir, progress=not args.quiet,
-          test=args.test)
+          test=args.test, executor=args.executor, address=args.address)
     return 0
 
 
@@ -217,6 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", action="store_true",
                    help="evaluate each finished model once on the test split for the summary "
                         "(test.json); the best config is still chosen on validation")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: one run after another in this process; ray: every run a Ray "
+                        "task (one GPU each where the cluster has GPUs; pip install "
+                        "'twinsnn[ray]')")
+    p.add_argument("--address", help="with --executor ray: the Ray cluster to join, e.g. "
+                                     "ray://head:10001 (default: start a local one)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sweep)
 

@@ -67,6 +67,7 @@ class TrainConfig:
     compile: bool = True  # run the LIF loops through torch.compile (same numbers, faster)
     channels_last: bool = True  # NHWC memory format for the convolutions (faster on CPU)
     precision: str = "fp32"  # fp32 | bf16: autocast of the training forward (see README)
+    sync_batchnorm: bool = True  # torchrun: BatchNorm statistics over the global batch
 
 
 @dataclass(frozen=True)

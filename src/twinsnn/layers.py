@@ -20,19 +20,26 @@ def unfold(x: torch.Tensor, timesteps: int) -> torch.Tensor:
 
 
 class TimeSharedDropout(nn.Module):
-    """Dropout whose mask is drawn once per sample and shared by all T timesteps."""
+    """Dropout whose mask is drawn once per sample and shared by all T timesteps. With
+    ``shard = (lo, hi, B)`` (a data-parallel rank holding samples ``lo:hi`` of a batch of B)
+    the masks are drawn for all B samples and rows ``lo:hi`` kept: those one process draws."""
 
     def __init__(self, p: float):
         super().__init__()
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {p}")
         self.p = p
+        self.shard = None
 
     def forward(self, x_tb: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x_tb
-        keep = torch.empty_like(x_tb[0]).bernoulli_(1.0 - self.p) / (1.0 - self.p)
-        return x_tb * keep  # [B, ...] broadcasts over T
+        if self.shard is None:
+            keep = torch.empty_like(x_tb[0]).bernoulli_(1.0 - self.p)
+        else:
+            lo, hi, batch = self.shard
+            keep = x_tb.new_empty((batch, *x_tb.shape[2:])).bernoulli_(1.0 - self.p)[lo:hi]
+        return x_tb * (keep / (1.0 - self.p))  # [B, ...] broadcasts over T
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

@@ -11,6 +11,10 @@ TNA (paper eq. 5), for k members:
 KD (paper 5.3.3), with a frozen teacher as the last output:
     kd:    L = alpha * MSE(o_student, o_teacher)
     kd+ce: L = CE(o_student) + alpha * MSE(o_student, o_teacher)
+
+A data-parallel rank holding a slice of the batch passes its ``share`` (slice size / batch
+size): batch means (CE, ``batchmean``, ``mean``) are weighted by it, sums stay as they are,
+so the ranks' losses add up to the loss of the whole batch.
 """
 from __future__ import annotations
 
@@ -43,17 +47,23 @@ def squared_error(a: torch.Tensor, b: torch.Tensor, reduction: str = "sum") -> t
     raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
 
+def _shared(value: torch.Tensor, share: float | None, mean: bool = True) -> torch.Tensor:
+    """A batch mean (``mean``) as a part of the whole batch's: times ``share``, if given."""
+    return value * share if share is not None and mean else value
+
+
 def cohort_loss(logits: list[torch.Tensor], target: torch.Tensor, alpha: float,
-                reduction: str = "sum") -> tuple[torch.Tensor, dict]:
+                reduction: str = "sum", share: float | None = None) -> tuple[torch.Tensor, dict]:
     """Eq. 5 generalised to k members: every member's CE plus alpha times the squared error
     between the base (``logits[0]``) and each other member; gradients reach both sides."""
     parts = {}
     total = 0.0
     for i, out in enumerate(logits):
-        parts[f"ce/{i}"] = F.cross_entropy(_logits(out), target)
+        parts[f"ce/{i}"] = _shared(F.cross_entropy(_logits(out), target), share)
         total = total + parts[f"ce/{i}"]
     if len(logits) > 1:
-        match = sum(squared_error(logits[0], out, reduction) for out in logits[1:])
+        match = _shared(sum(squared_error(logits[0], out, reduction) for out in logits[1:]),
+                        share, reduction != "sum")
         parts["match"] = match
         parts["match_weighted"] = alpha * match
         total = total + alpha * match
@@ -61,14 +71,15 @@ def cohort_loss(logits: list[torch.Tensor], target: torch.Tensor, alpha: float,
 
 
 def distill_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor,
-                 alpha: float, reduction: str = "sum", with_ce: bool = True):
+                 alpha: float, reduction: str = "sum", with_ce: bool = True,
+                 share: float | None = None):
     """KD baselines: ``alpha * MSE(student, teacher)`` (+ ``CE(student)`` with ``with_ce``).
     The teacher output is detached: the teacher never learns."""
-    match = squared_error(student, teacher.detach(), reduction)
+    match = _shared(squared_error(student, teacher.detach(), reduction), share, reduction != "sum")
     parts = {"match": match, "match_weighted": alpha * match}
     total = alpha * match
     if with_ce:
-        parts["ce/0"] = F.cross_entropy(_logits(student), target)
+        parts["ce/0"] = _shared(F.cross_entropy(_logits(student), target), share)
         total = total + parts["ce/0"]
     return total, parts
 
@@ -82,13 +93,14 @@ class Strategy:
         self.trainable = members if name == "tna" else 1
         self.uses_teacher = name in ("kd", "kd+ce")
 
-    def __call__(self, outputs: list[torch.Tensor], target: torch.Tensor):
+    def __call__(self, outputs: list[torch.Tensor], target: torch.Tensor,
+                 share: float | None = None):
         if self.match == "logits":
             outputs = [_logits(o) for o in outputs]
         if self.uses_teacher:
             return distill_loss(outputs[0], outputs[1], target, self.alpha, self.reduction,
-                                with_ce=self.name == "kd+ce")
-        return cohort_loss(outputs, target, self.alpha, self.reduction)
+                                self.name == "kd+ce", share)
+        return cohort_loss(outputs, target, self.alpha, self.reduction, share)
 
 
 def strategy_from_config(loss_cfg) -> Strategy:

@@ -212,11 +212,11 @@ def _figure_backend():
 
 
 def _save(fig, out) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    fig.clf()
-    return out
+    from .analysis import save_figure
+    try:
+        return save_figure(fig, out)
+    finally:
+        fig.clf()
 
 
 def plot_runs(run_dirs: list[Path], out: Path) -> Path:

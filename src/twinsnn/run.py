@@ -225,14 +225,16 @@ class RunFolder:
         """Let another process write the folder (also done by the kernel at exit)."""
         self.lock.release()
 
-    def start(self, cohort, data, deterministic: bool, source: dict | None) -> int:
+    def start(self, cohort, data, deterministic: bool, source: dict | None,
+              processes: int = 1) -> int:
         """Write a new run's ``run.json`` and ``metrics.jsonl`` (the source's epochs when
         branching, after restoring its state); returns the first epoch to train."""
         device = next(cohort.members[0].parameters()).device
         info = {"config": to_dict(self.cfg), "member_seeds": cohort.seeds,
                 "data_split": data.split, "twinsnn_version": __version__,
                 "code": code_version(), "torch_version": torch.__version__,
-                "deterministic": deterministic, "machine": machine_info(device),
+                "deterministic": deterministic, "processes": processes,
+                "machine": machine_info(device),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         start_epoch, metrics = 0, ""
         if source is not None:
@@ -242,8 +244,9 @@ class RunFolder:
                                      "epochs_done": start_epoch,
                                      "name": source["config"]["name"]}
             metrics = _metrics_before(self.branch_from.parent / "metrics.jsonl", start_epoch)
-        _write_text(self.metrics, metrics)
-        _write_text(self.dir / "run.json", json.dumps(info, indent=2) + "\n")
+        if self.writer:
+            _write_text(self.metrics, metrics)
+            _write_text(self.dir / "run.json", json.dumps(info, indent=2) + "\n")
         return start_epoch
 
     def resume(self, cohort) -> dict:
@@ -254,24 +257,28 @@ class RunFolder:
             raise ConfigError(f"{self.checkpoint} was written by a different config; resume "
                               "with the same preset and --set values")
         restore(cohort, state, self.cfg, self.checkpoint)
-        if self.metrics.exists():  # drop lines of epochs written after the checkpoint
+        if self.writer and self.metrics.exists():  # drop lines of epochs written after the checkpoint
             _write_text(self.metrics, _metrics_before(self.metrics, state["epoch"]))
         return state
 
     def log(self, record: dict) -> None:
         """Append one epoch's line to ``metrics.jsonl``, on disk before the checkpoint."""
+        if not self.writer:
+            return
         with open(self.metrics, "a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
     def save(self, state: dict) -> None:
-        save_checkpoint(self.checkpoint, state)
+        if self.writer:
+            save_checkpoint(self.checkpoint, state)
 
     def finish(self, base: torch.nn.Module, meta: dict) -> None:
         """Write the base network (compressed weights baked in) as ``model.safetensors``."""
-        save_model(self.dir / "model.safetensors",
-                   quant.baked(base) if quant.is_compressed(base) else base, meta)
+        if self.writer:
+            save_model(self.dir / "model.safetensors",
+                       quant.baked(base) if quant.is_compressed(base) else base, meta)
 
     def fault(self, what: str, epoch: int, step: int) -> TrainingError:
         """The error that stops a run whose numbers are no longer finite."""

@@ -5,7 +5,9 @@ pass over the training set; ``fit`` trains for ``train.epochs`` with compression
 at ``quant.start_epoch`` (paper section 4.2), validating every member and checkpointing after
 each epoch. All randomness of epoch ``e`` (data order, augmentation, dropout) is drawn from
 generators seeded by ``(seed, e)``, so a resumed run continues bitwise. The run folder
-(``run.json``, metrics, checkpoints) is ``run.RunFolder``.
+(``run.json``, metrics, checkpoints) is ``run.RunFolder``. Started by ``torchrun``, every
+process trains on its slice of each batch (``distributed``); rank 0 alone validates and
+writes.
 """
 from __future__ import annotations
 
@@ -24,19 +26,22 @@ from .cohort import Cohort, build_cohort, derive_seed
 from .config import Config
 from .data import DataSplits, Dataset, build_data
 from .data.transforms import Preprocess
-from .errors import Interrupted
+from .distributed import World, join, leave
+from .errors import ConfigError, Interrupted
 from .evaluate import evaluate
 from .losses import Strategy, strategy_from_config
 from .run import RunFolder, StopSignal, checkpoint_state
-from .runtime import configure
+from .runtime import configure, resolve_device
 
 
-def train_step(cohort: Cohort, strategy: Strategy, x: torch.Tensor, y: torch.Tensor):
+def train_step(cohort: Cohort, strategy: Strategy, x: torch.Tensor, y: torch.Tensor,
+               share: float | None = None):
     """One update of every member on the batch ``(x, y)``: forward, the strategy's loss,
-    backward, Adam. Returns ``(loss, parts, outputs)``; raises ``FloatingPointError`` when the
-    loss is not finite or the update overflows."""
+    backward, Adam (``share``: this rank's part of a data-parallel batch, see ``losses``).
+    Returns ``(loss, parts, outputs)``; raises ``FloatingPointError`` when the loss is not
+    finite or the update overflows."""
     outputs = cohort.outputs(x)
-    loss, parts = strategy(outputs, y)
+    loss, parts = strategy(outputs, y, share)
     if not torch.isfinite(loss):
         raise FloatingPointError(f"loss is {loss.item()}")
     cohort.optimizer.zero_grad(set_to_none=True)
@@ -64,6 +69,7 @@ class Training:
     run: RunFolder
     stop: StopSignal
     progress: bool = True
+    world: World = World()
 
 
 def _new_sums(members: int, device) -> dict:
@@ -81,18 +87,33 @@ def _to_device(tree, device):
 
 
 @torch.no_grad()
-def _accumulate(sums: dict, loss, parts: dict, outputs: list, y: torch.Tensor) -> None:
-    """Add one batch to the epoch's sums: loss, correct predictions of every member, base-twin
-    agreement and the strategy's loss parts."""
+def _accumulate(sums: dict, loss, parts: dict, outputs: list, y: torch.Tensor,
+                batch: int) -> None:
+    """Add one batch to the epoch's sums: loss and loss parts (of the whole batch of size
+    ``batch``, or this rank's share of it), correct predictions of every member and base-twin
+    agreement on ``y``."""
     k = len(sums["correct"])
     preds = [o.sum(0).argmax(1) if o.dim() == 3 else o.argmax(1) for o in outputs[:k]]
-    sums["loss"] += loss.detach() * len(y)
+    sums["loss"] += loss.detach() * batch
     sums["correct"] += torch.stack([(p == y).sum() for p in preds]).float()
     if k > 1:
         sums["agree"] += (preds[0] == preds[1]).sum()
     for name, value in parts.items():
-        sums["parts"][name] = sums["parts"].get(name, 0) + value.detach() * len(y)
+        sums["parts"][name] = sums["parts"].get(name, 0) + value.detach() * batch
     sums["seen"] += len(y)
+
+
+def _sum_over_ranks(sums: dict, world: World) -> dict:
+    """The epoch's sums of all ranks (``sums`` itself in one process)."""
+    if not world.active:
+        return sums
+    names = list(sums["parts"])
+    flat = world.sum(torch.cat([sums["loss"].view(1), sums["agree"].view(1), sums["correct"],
+                                torch.stack([sums["parts"][k] for k in names]).view(-1),
+                                sums["loss"].new_tensor([sums["seen"]])]))
+    k = len(sums["correct"])
+    return {"loss": flat[0], "agree": flat[1], "correct": flat[2:2 + k],
+            "parts": dict(zip(names, flat[2 + k:-1])), "seen": int(flat[-1].item())}
 
 
 def _epoch_stats(sums: dict, seen0: int, seconds: float) -> dict:
@@ -119,17 +140,23 @@ def train_one_epoch(t: Training, epoch: int, state: dict | None = None) -> dict 
     """One pass over the training set in the order, augmentation and dropout of
     ``(seed, epoch)``, from ``state``'s step when that is a mid-epoch checkpoint. Returns the
     epoch's training statistics, or None after writing a mid-epoch checkpoint when stopped."""
-    cfg, cohort, device = t.cfg, t.cohort, t.train.x.device
+    cfg, cohort, device, world = t.cfg, t.cohort, t.train.x.device, t.world
     for member in cohort.members:
         member.train()
     n, bs, seed = len(t.train), cfg.train.batch_size, cfg.train.seed
+    if min(bs, n - (math.ceil(n / bs) - 1) * bs) < world.size:
+        raise ConfigError(f"a batch of the {n} training samples is smaller than the "
+                          f"{world.size} processes; lower the number of processes or raise "
+                          "train.batch_size")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(
         derive_seed(seed, epoch, "order"))).to(device)
     aug = torch.Generator(device=device).manual_seed(derive_seed(seed, epoch, "aug"))
     torch.manual_seed(derive_seed(seed, epoch, "dropout"))
     first_step, sums = 0, _new_sums(len(cohort.members), device)
     if state is not None and state["step"]:
-        first_step, sums = state["step"], _to_device(state["sums"], device)
+        first_step = state["step"]
+        if world.writer:  # the sums of all ranks so far; the others start from zero
+            sums = _to_device(state["sums"], device)
         torch.set_rng_state(state["rng"]["torch"])
         aug.set_state(state["rng"]["aug"])
     steps = math.ceil(n / bs)
@@ -140,26 +167,30 @@ def train_one_epoch(t: Training, epoch: int, state: dict | None = None) -> dict 
     for step in bar:
         index = order[step * bs:(step + 1) * bs]
         x, y = t.preprocess(t.train.x[index], aug), t.train.y[index]
+        batch, share = len(y), None
+        if world.active:
+            x, y, share = world.shard(cohort.members, x, y)
         try:
-            loss, parts, outputs = train_step(cohort, t.strategy, x, y)
+            loss, parts, outputs = train_step(cohort, t.strategy, x, y, share)
         except FloatingPointError as e:
             raise t.run.fault(str(e), epoch, step) from None
         if cfg.train.lr_step_unit == "batch":
             cohort.scheduler.step()
-        _accumulate(sums, loss, parts, outputs, y)
+        _accumulate(sums, loss, parts, outputs, y, batch)
         if t.progress and (step % 10 == 0 or step == steps - 1):
             bar.set_postfix(loss=f"{sums['loss'].item() / sums['seen']:.3f}",
                             acc=f"{sums['correct'][0].item() / sums['seen']:.3f}",
                             samples_s=f"{(sums['seen'] - seen0) / (time.perf_counter() - t0):.0f}")
-        if t.stop.requested and step + 1 < steps:
+        if world.any(t.stop.requested, device) and step + 1 < steps:
             _check_weights(t, epoch, step)
             rng = {"torch": torch.get_rng_state(), "aug": aug.get_state()}
-            t.run.save(checkpoint_state(cfg, cohort, epoch, step + 1, rng, sums))
+            t.run.save(checkpoint_state(cfg, cohort, epoch, step + 1, rng,
+                                        _sum_over_ranks(sums, world)))
             bar.close()
             return None
     bar.close()
     _check_weights(t, epoch, steps - 1)
-    return _epoch_stats(sums, seen0, time.perf_counter() - t0)
+    return _epoch_stats(_sum_over_ranks(sums, world), seen0, time.perf_counter() - t0)
 
 
 def validate(t: Training) -> dict:
@@ -205,10 +236,11 @@ def run_epoch(t: Training, epoch: int, state: dict | None = None) -> dict:
               "epoch_time_s": round(time.perf_counter() - t0, 2)}
     if cfg.train.lr_step_unit == "epoch":
         cohort.scheduler.step()
-    record.update(validate(t))
-    t.run.log(record)
-    t.run.save(checkpoint_state(cfg, cohort, epoch + 1))
-    tqdm.write(summary_line(record))
+    if t.run.writer:
+        record.update(validate(t))
+        t.run.log(record)
+        t.run.save(checkpoint_state(cfg, cohort, epoch + 1))
+        tqdm.write(summary_line(record))
     return record
 
 
@@ -221,29 +253,38 @@ def fit(cfg: Config, resume: bool = False, progress: bool = True,
     without training that phase again. ``on_epoch_end(record)`` sees every epoch's record once
     it is logged and checkpointed; a true return stops the run there (resume it later with
     ``resume=True``; ``model.safetensors`` is written only by a run that trained every epoch).
-    Callable from any thread; SIGINT/SIGTERM stop it cleanly when called in the main thread."""
-    run = RunFolder(cfg)
-    source = run.check(resume, branch_from)
+    Callable from any thread; SIGINT/SIGTERM stop it cleanly when called in the main thread.
+    In a process started by ``torchrun`` it trains data-parallel (``distributed``); the
+    callback then runs on rank 0 and its answer holds for all ranks."""
+    world = join(resolve_device(cfg.train.device))
+    run = RunFolder(cfg, world.writer)
     try:
+        source = world.agree(run.check, resume, branch_from)
         device, deterministic = configure(cfg.train)
+        device = world.device(device)
         strategy = strategy_from_config(cfg.loss)
         data = build_data(cfg.data, cfg.model.timesteps)
         cohort = build_cohort(cfg, data, strategy, device)
         t = Training(cfg, cohort, strategy, data, Dataset(data.train.x.to(device),
                      data.train.y.to(device)), Preprocess(data, cfg.data.augment,
-                     cfg.train.channels_last), run, StopSignal(), progress)
+                     cfg.train.channels_last), run, StopSignal(), progress and world.writer,
+                     world)
         # the handler is in place before run.json exists: a run that shows up can be stopped
         # cleanly at any moment
         with t.stop:
             state = run.resume(cohort) if resume else None
-            first = state["epoch"] if resume else run.start(cohort, data, deterministic, source)
+            first = state["epoch"] if resume else run.start(cohort, data, deterministic, source,
+                                                            world.size)
+            if world.active:
+                cohort.parallel = world.parallel(cohort.members, cfg.train.sync_batchnorm, device)
             record = {}
             for epoch in range(first, cfg.train.epochs):
                 record = run_epoch(t, epoch, state if epoch == first else None)
-                if on_epoch_end is not None and on_epoch_end(record) \
-                        and epoch + 1 < cfg.train.epochs:
+                stop = on_epoch_end is not None and world.writer and bool(on_epoch_end(record))
+                if world.any(stop, device) and epoch + 1 < cfg.train.epochs:
                     return record
         run.finish(cohort.members[0], cohort.meta)
         return record
     finally:
         run.release()
+        leave(world)

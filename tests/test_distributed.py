@@ -1,0 +1,170 @@
+"""Data-parallel training (torchrun, gloo on the CPU) against one process with the same
+global batch: first-step gradients, the losses of 20 steps, and a killed run resumed.
+
+The comparison runs in float64. In float32 a rank's BatchNorm statistics (sums over its
+slice, then over ranks) differ from one process's in the last bit, and among the ~10^6
+membrane potentials of a step one may sit that close to the threshold: the spike flips and
+the runs part (docs/distributed.md). In float64 that takes ~10^9 times longer, so the test
+checks the algebra of the sharding (loss shares, summed gradients, synchronized statistics,
+sliced augmentation and dropout) and nothing else."""
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from test_cli import TINY, twinsnn
+from twinsnn.config import load_config
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+STEPS = 20
+
+
+def config(data_dir):
+    """TNA at width 1/16 with dropout, augmentation and the summed matching term at an alpha
+    large enough to matter; 10 batches of 16 per epoch."""
+    return load_config("fmnist-cpu-tna", {
+        "data.dir": str(data_dir), "data.verify": False, "data.val_size": 40,
+        "model.width": 0.0625, "train.batch_size": 16, "train.compile": False,
+        "loss.alpha": 1e-2})
+
+
+def train_steps(data_dir, dtype=torch.float64) -> dict:
+    """``STEPS`` updates of a TNA cohort on the batches of epoch 0, as ``train_one_epoch``
+    cuts, augments and shards them, then ``train_one_epoch`` itself for epoch 1, here or on
+    every torchrun rank. Returns the loss parts of the whole batch at every step, every
+    member's gradients at the first and the statistics of epoch 1."""
+    from twinsnn.cohort import build_cohort, derive_seed
+    from twinsnn.data import build_data
+    from twinsnn.data.transforms import Preprocess
+    from twinsnn.distributed import join, leave
+    from twinsnn.losses import strategy_from_config
+    from twinsnn.run import RunFolder, StopSignal
+    from twinsnn.train import Training, train_one_epoch, train_step
+
+    torch.set_num_threads(1)
+    cfg, cpu = config(data_dir), torch.device("cpu")
+    world = join(cpu)
+    data = build_data(cfg.data, cfg.model.timesteps)
+    strategy = strategy_from_config(cfg.loss)
+    cohort = build_cohort(cfg, data, strategy, cpu)
+    for member in cohort.members:
+        member.to(dtype)  # in place: the optimizer keeps its parameters
+    if world.active:
+        cohort.parallel = world.parallel(cohort.members, True, cpu)
+    preprocess = Preprocess(data, True, cfg.train.channels_last)
+    bs, seed = cfg.train.batch_size, cfg.train.seed
+    order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(
+        derive_seed(seed, 0, "order")))
+    aug = torch.Generator().manual_seed(derive_seed(seed, 0, "aug"))
+    torch.manual_seed(derive_seed(seed, 0, "dropout"))
+    losses, grads = [], None
+    for step in range(STEPS):
+        index = order[(step % 10) * bs:(step % 10 + 1) * bs]
+        x, y = preprocess(data.train.x[index], aug).to(dtype), data.train.y[index]
+        share = None
+        if world.active:
+            x, y, share = world.shard(cohort.members, x, y)
+        _, parts, _ = train_step(cohort, strategy, x, y, share)
+        names = ("ce/0", "ce/1", "match")
+        losses.append(world.sum(torch.stack([parts[k].detach() for k in names])).tolist())
+        if step == 0:
+            grads = [[p.grad.clone() for p in m.parameters()] for m in cohort.members]
+    t = Training(cfg, cohort, strategy, data, data.train,
+                 lambda x, g=None: preprocess(x, g).to(dtype), RunFolder(cfg, writer=False),
+                 StopSignal(), False, world)
+    stats = train_one_epoch(t, 1)
+    leave(world)
+    return {"losses": losses, "grads": grads, "epoch": stats}
+
+
+@pytest.fixture(scope="module")
+def two_ranks_and_one(tmp_path_factory):
+    from conftest import write_tiny_fmnist
+    root = tmp_path_factory.mktemp("ddp")
+    data_dir = write_tiny_fmnist(root)
+    proc = subprocess.run([*TORCHRUN, "--nproc_per_node", "2", __file__, str(data_dir),
+                           str(root / "ranks.pt")], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return torch.load(root / "ranks.pt"), train_steps(data_dir)
+
+
+def test_first_step_gradients_of_two_ranks_equal_one_process(two_ranks_and_one):
+    ranks, one = two_ranks_and_one
+    for member in range(2):  # base and twin
+        for g2, g1 in zip(ranks["grads"][member], one["grads"][member]):
+            assert torch.allclose(g2, g1, rtol=1e-5, atol=1e-5 * g1.abs().max().item()), \
+                (member, (g2 - g1).abs().max().item(), g1.abs().max().item())
+
+
+def test_losses_of_twenty_steps_of_two_ranks_equal_one_process(two_ranks_and_one):
+    """CE of base and twin and the summed matching term, each of the whole batch."""
+    ranks, one = (torch.tensor(r["losses"]) for r in two_ranks_and_one)
+    assert ranks.shape == (STEPS, 3)
+    assert torch.allclose(ranks, one, rtol=1e-3, atol=0), (ranks - one).abs().max()
+    assert one[-1, :2].mean() < one[0, :2].mean()  # it learns
+
+
+def test_epoch_statistics_of_two_ranks_equal_one_process(two_ranks_and_one):
+    """train_one_epoch's sums (loss, accuracies, agreement, loss parts) cover both ranks."""
+    ranks, one = (r["epoch"] for r in two_ranks_and_one)
+    assert ranks.keys() == one.keys()
+    for key in one.keys() - {"samples_per_s"}:
+        assert ranks[key] == pytest.approx(one[key], rel=1e-6), key
+    assert one["train_acc/0"] * 160 == pytest.approx(round(one["train_acc/0"] * 160))
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (torchrun starts its ranks in sessions of their own)."""
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def test_killed_two_process_run_resumes_in_one_process(tmp_path, tiny_fmnist):
+    """torchrun with 2 processes, killed once it has written a checkpoint, resumed by one
+    process: every epoch logged once, the model written."""
+    runs = tmp_path / "runs"
+    args = ["train", "--data-dir", tiny_fmnist, *TINY, "--set", "strategy=tna", "--out-dir",
+            runs, "--name", "ddp", "--quiet"]
+    run = runs / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([*TORCHRUN, "--nproc_per_node", "2", "-m", "twinsnn", *map(str, args),
+                             "--set", "epochs=3"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 400
+    while not (run / "checkpoint.pt").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.05)
+    for pid in [*_descendants(proc.pid), proc.pid]:  # both ranks, then torchrun
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait()
+    twinsnn(*args, "--set", "epochs=3", "--resume", cwd=tmp_path, check_rc=0)
+    assert (run / "model.safetensors").exists()
+    metrics = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [0, 1, 2]
+    assert json.loads((run / "run.json").read_text())["processes"] == 2
+
+
+if __name__ == "__main__":  # a torchrun rank: python test_distributed.py DATA_DIR OUT [DTYPE]
+    result = train_steps(Path(sys.argv[1]), getattr(torch, (sys.argv[3:] or ["float64"])[0]))
+    if int(os.environ["RANK"]) == 0:
+        torch.save(result, sys.argv[2])
