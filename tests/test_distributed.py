@@ -8,6 +8,7 @@ the runs part (docs/distributed.md). In float64 that takes ~10^9 times longer, s
 checks the algebra of the sharding (loss shares, summed gradients, synchronized statistics,
 sliced augmentation and dropout) and nothing else."""
 import contextlib
+import faulthandler
 import json
 import os
 import signal
@@ -24,6 +25,7 @@ from twinsnn.config import load_config
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 STEPS = 20
+RANK_TIMEOUT = 300  # seconds a rank may take before it dumps its stack and exits
 
 
 def config(data_dir):
@@ -165,6 +167,7 @@ def test_killed_two_process_run_resumes_in_one_process(tmp_path, tiny_fmnist):
 
 
 if __name__ == "__main__":  # a torchrun rank: python test_distributed.py DATA_DIR OUT [DTYPE]
+    faulthandler.dump_traceback_later(RANK_TIMEOUT, exit=True)  # a stuck rank shows where
     result = train_steps(Path(sys.argv[1]), getattr(torch, (sys.argv[3:] or ["float64"])[0]))
     if int(os.environ["RANK"]) == 0:
         torch.save(result, sys.argv[2])

@@ -12,7 +12,9 @@ CPU, where PyTorch's does not run. NCCL on CUDA, gloo on the CPU.
 """
 from __future__ import annotations
 
+import inspect
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +24,16 @@ from torch import nn
 
 from .errors import TwinsnnError
 from .layers import TimeSharedDropout
+
+# the differentiable collectives SyncedBatchNorm needs; their successors in
+# torch.distributed._functional_collectives are differentiable only in recent releases
+warnings.filterwarnings("ignore", "torch.distributed.nn.functional.all_reduce is deprecated",
+                        FutureWarning)
+# no buffer broadcast at each forward: with synchronized BatchNorm every rank's are the same,
+# without it rank 0 keeps (and writes) its own
+_NO_BUFFER_SYNC = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
+                   inspect.signature(nn.parallel.DistributedDataParallel).parameters
+                   else {"broadcast_buffers": False})
 
 
 def launched() -> bool:
@@ -104,7 +116,7 @@ class World:
                     _synced_batchnorm(member)
         ddp = nn.parallel.DistributedDataParallel(
             Members(members), device_ids=[device] if device.type == "cuda" else None,
-            broadcast_buffers=False)
+            **_NO_BUFFER_SYNC)
         ddp.register_comm_hook(None, _sum_gradients)
         return ddp
 
