@@ -6,7 +6,10 @@ Both peers get the neuron of paper eq. 1 exactly: ``u[t] = 0.5 * u[t-1] * (1 - s
 
 - SpikingJelly (multi-step mode): ``LIFNode(tau=2, decay_input=False, v_reset=0)`` charges
   ``h = v - v / 2 + x``, i.e. ``0.5 * v + x``; its hard reset keeps the spike's gradient
-  (``detach_reset=False``), as eq. 1 does. Conv, BatchNorm and Linear see ``[T*B, ...]``.
+  (``detach_reset=False``), as eq. 1 does. A Python surrogate such as ``boxcar`` runs its
+  autograd reference path; ``spikingjelly:native`` gives its hidden neurons the built-in
+  ``surrogate.ATan()`` instead, which selects its own LIF kernels (C++ on the CPU, CUDA/Triton
+  on GPUs): the same forward, a different surrogate gradient. Conv, BatchNorm and Linear see ``[T*B, ...]``.
   The static image is repeated over T (its own examples' idiom), so the first conv runs T times.
   The readout is a ``LIFNode`` that never fires (threshold +inf) with ``store_v_seq=True``.
 - snnTorch (per-step loop): ``Leaky(beta=0.5, reset_mechanism="zero")``; its reset at step t
@@ -21,6 +24,8 @@ twinsnn's ``SpikingCNN``, each peer has ``potentials(x)`` (the output potentials
 and ``forward(x)`` (their sum over T, the logits), so ``twinsnn.train.train_step`` trains it.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import nn
@@ -70,9 +75,9 @@ def _copy_block(dst_syn, dst_norm, block):
 class SpikingJellyCIFARNet(nn.Module):
     """Multi-step SpikingJelly network; ``forward(x [B,C,H,W])`` returns logits ``[B, K]``."""
 
-    def __init__(self, reference: SpikingCNN):
+    def __init__(self, reference: SpikingCNN, native: bool = False):
         super().__init__()
-        from spikingjelly.activation_based import functional, layer, neuron
+        from spikingjelly.activation_based import functional, layer, neuron, surrogate
 
         self._functional = functional
         self.timesteps = reference.timesteps
@@ -80,8 +85,8 @@ class SpikingJellyCIFARNet(nn.Module):
 
         def lif(**kw):
             return neuron.LIFNode(tau=2.0, decay_input=False, v_threshold=THRESHOLD,
-                                  v_reset=0.0, surrogate_function=boxcar, detach_reset=False,
-                                  step_mode="m", **kw)
+                                  v_reset=0.0, detach_reset=False, step_mode="m",
+                                  surrogate_function=surrogate.ATan() if native else boxcar, **kw)
 
         blocks = []
         for (cin, cout, pool), ref in zip(convs, reference.convs):
@@ -98,7 +103,8 @@ class SpikingJellyCIFARNet(nn.Module):
         out = layer.Linear(features, classes, step_mode="m")
         _load(out, reference.out)
         self.features = nn.Sequential(*blocks, out)
-        # never fires: integrates (1 - 1/tau) * v + x = readout_decay * v + x
+        # never fires: integrates (1 - 1/tau) * v + x = readout_decay * v + x (the native
+        # kernels take finite thresholds only; a [T, B, classes] readout costs nothing)
         self.readout = neuron.LIFNode(tau=1.0 / (1.0 - reference.readout_decay),
                                       decay_input=False, v_threshold=float("inf"), v_reset=0.0,
                                       surrogate_function=boxcar, step_mode="m", store_v_seq=True)
@@ -175,7 +181,8 @@ class SnnTorchCIFARNet(nn.Module):
         return self.potentials(x).sum(0)
 
 
-PEERS = {"spikingjelly": SpikingJellyCIFARNet, "snntorch": SnnTorchCIFARNet}
+PEERS = {"spikingjelly": SpikingJellyCIFARNet, "snntorch": SnnTorchCIFARNet,
+         "spikingjelly:native": functools.partial(SpikingJellyCIFARNet, native=True)}
 
 
 def aligned_parameters(peer: nn.Module) -> list[nn.Parameter]:

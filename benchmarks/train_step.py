@@ -2,7 +2,7 @@
 runs it, ablations of it, and peer libraries carrying the same weights, every one stepped by
 the library's ``twinsnn.train.train_step``.
 
-    python -m benchmarks.train_step [--device cpu] [--config fmnist-cpu] [--image 3x32x32]
+    python -m benchmarks.train_step [--device cpu|cuda] [--config fmnist-cpu] [--image 3x32x32]
         [--widths 0.125 0.25] [--batches 64] [--modes single tna] [--impls twinsnn ...]
         [--warmup 2] [--steps 4] [--rounds 2] [--malloc retain|default]
         [--out runs/benchmarks.json] [--label main]
@@ -74,9 +74,11 @@ IMPLS = {
     # TNA only: each member's forward, backward and Adam on its own thread (1 intra-op thread)
     "twinsnn:threaded-cohort": Impl(threaded=True),
     "spikingjelly": Impl({"train.channels_last": False}, peer="spikingjelly"),
+    # its built-in ATan surrogate: its own LIF kernels instead of the autograd reference
+    "spikingjelly:native": Impl({"train.channels_last": False}, peer="spikingjelly:native"),
     "snntorch": Impl({"train.channels_last": False}, peer="snntorch"),
 }
-DEFAULT_IMPLS = ("twinsnn", "spikingjelly", "snntorch")
+DEFAULT_IMPLS = ("twinsnn", "spikingjelly", "spikingjelly:native", "snntorch")
 
 
 # ----------------------------------------------------------------------------- devices
@@ -134,7 +136,56 @@ class Cpu:
         return rates
 
 
-DEVICES = {"cpu": Cpu}
+class Cuda:
+    """Wall time of a step between ``torch.cuda.synchronize`` calls; peak allocated memory
+    (``max_memory_allocated`` above the allocation at the baseline); dense GEMM rates in fp32
+    and bf16 as the reference for the FLOP rate."""
+
+    def __init__(self):
+        if not torch.cuda.is_available():
+            print("benchmarks.train_step: --device cuda needs a GPU and a CUDA build of torch "
+                  "(torch.cuda.is_available() is False)", file=sys.stderr)
+            sys.exit(2)
+
+    def synchronize(self) -> None:
+        torch.cuda.synchronize()
+
+    def reset_peak(self) -> None:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        self.base_bytes = torch.cuda.memory_allocated()
+
+    def peak_mib(self) -> float:
+        return (torch.cuda.max_memory_allocated() - self.base_bytes) / 2**20
+
+    def describe(self) -> dict:
+        return {**Cpu().describe(), "gpu": torch.cuda.get_device_name(),
+                "capability": ".".join(map(str, torch.cuda.get_device_capability())),
+                "cuda": torch.version.cuda}
+
+    def matmul_gflops(self, n: int = 8192, reps: int = 20, trials: int = 5) -> dict:
+        """Dense GEMM throughput (GFLOP/s, median over ``trials``) in fp32 (TF32 as the
+        session allows it) and bf16."""
+        rates = {}
+        for dtype in (torch.float32, torch.bfloat16):
+            a, b = (torch.randn(n, n, device="cuda", dtype=dtype) for _ in range(2))
+            for _ in range(3):
+                a @ b
+            trial_rates = []
+            for _ in range(trials):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(
+                    enable_timing=True)
+                start.record()
+                for _ in range(reps):
+                    a @ b
+                end.record()
+                end.synchronize()
+                trial_rates.append(2 * n**3 * reps / (start.elapsed_time(end) / 1e3) / 1e9)
+            rates[str(dtype).removeprefix("torch.")] = statistics.median(trial_rates)
+        return rates
+
+
+DEVICES = {"cpu": Cpu, "cuda": Cuda}
 
 
 # ----------------------------------------------------------------------------- one point
@@ -359,7 +410,7 @@ def main(argv=None) -> None:
     info = {**device.describe(), "platform": platform.platform(), "versions": versions(),
             "code": code_version(), "command": "python -m benchmarks.train_step " +
             " ".join(argv), "loadavg_start": os.getloadavg()}
-    print(f"{info['cpu']}, {info['logical_cpus']} logical CPUs, torch threads "
+    print(f"{info.get('gpu', info['cpu'])}, {info['logical_cpus']} logical CPUs, torch threads "
           f"{info['torch_threads']}, load {info['loadavg_start'][0]:.2f}; "
           f"commit {info['code']['commit']}", flush=True)
     gflops = [device.matmul_gflops()]

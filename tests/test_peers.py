@@ -44,9 +44,9 @@ def _assert_same_grads(grads, ref_grads, rtol=1e-9):
         assert (g - r).abs().max() <= rtol * r.abs().max()
 
 
-@pytest.mark.parametrize("name", ["spikingjelly", "snntorch"])
+@pytest.mark.parametrize("name", ["spikingjelly", "spikingjelly:native", "snntorch"])
 def test_eval_logits_are_twinsnns(net_and_batch, name):
-    need(name)
+    need(name.split(":")[0])
     net, x, _ = net_and_batch
     with torch.no_grad():
         expected = net.eval()(x)
@@ -85,16 +85,35 @@ def test_snntorch_gradients_are_eq1s_with_the_reset_detached(net_and_batch):
                        _grads(peers.aligned_parameters(detached)))
 
 
-@pytest.mark.parametrize("name", ["spikingjelly", "snntorch"])
+def test_native_spikingjelly_neuron_fires_as_eq1_with_the_atan_gradient(net_and_batch):
+    """``spikingjelly:native`` (float32, its own kernels): spikes where u >= 1, and
+    ds/du = (alpha / 2) / (1 + (pi / 2 * alpha * (u - 1))^2), alpha = 2, not eq. 4's boxcar."""
+    need("spikingjelly")
+    import math
+    net, _, _ = net_and_batch
+    lif = next(m for m in peers.PEERS["spikingjelly:native"](net).features
+               if type(m).__name__ == "LIFNode")
+    u = torch.tensor([[-1.0, 0.5, 0.9, 1.0, 1.2, 3.0]], requires_grad=True)  # T = 1
+    spikes = lif(u)
+    assert spikes.tolist() == [[0.0, 0.0, 0.0, 1.0, 1.0, 1.0]]
+    spikes.sum().backward()
+    z = (u.detach() - 1) * math.pi / 2 * 2.0
+    torch.testing.assert_close(u.grad, 1.0 / (1 + z * z))
+    assert u.grad[0, 1] > 0  # boxcar's is 0.5 inside |u - 1| <= 0.5 and 0 outside
+
+
+@pytest.mark.parametrize("name", ["spikingjelly", "spikingjelly:native", "snntorch"])
 def test_peers_step_through_train_step(net_and_batch, name):
     """The benchmark times every implementation with the library's step."""
-    need(name)
+    need(name.split(":")[0])
     from twinsnn.cohort import Cohort
     from twinsnn.losses import Strategy
     from twinsnn.train import train_step
 
     net, x, y = net_and_batch
     peer = peers.PEERS[name](net).double().train()
+    if name.endswith(":native"):  # its kernels take float32
+        peer, x = peer.float(), x.float()
     optimizer = torch.optim.Adam(peer.parameters(), lr=1e-3)
     cohort = Cohort([peer], optimizer, torch.optim.lr_scheduler.StepLR(optimizer, 1))
     before = [p.detach().clone() for p in peer.parameters()]
