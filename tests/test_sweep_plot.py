@@ -13,7 +13,8 @@ def test_grid_is_the_cartesian_product():
     assert points[0] == {"loss.alpha": 1e-3, "train.lr": 0.01, "train.seed": 0}
 
 
-def test_sweep_trains_skips_finished_and_summarizes(tiny_fmnist, tmp_path, capsys):
+def tiny_sweep_config(tmp_path, tiny_fmnist):
+    """A 1-epoch TNA config at width 1/16 on the tiny data set, as a YAML file."""
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(f"""extends: fmnist-cpu-tna
 name: tiny
@@ -21,6 +22,11 @@ data: {{dir: {tiny_fmnist}, verify: false, val_size: 40}}
 model: {{width: 0.0625}}
 train: {{epochs: 1, batch_size: 32, eval_batch_size: 100, compile: false}}
 """)
+    return cfg
+
+
+def test_sweep_trains_skips_finished_and_summarizes(tiny_fmnist, tmp_path, capsys):
+    cfg = tiny_sweep_config(tmp_path, tiny_fmnist)
     args = ["sweep", "--config", str(cfg), "--set", "alpha=1e-2,1e-5", "--seeds", "0",
             "--out-dir", str(tmp_path / "runs"), "--quiet"]
     assert main(args) == 0

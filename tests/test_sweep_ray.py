@@ -7,19 +7,9 @@ import torch
 from safetensors.torch import load_file
 
 from test_cli import assert_one_line_error, cli
+from test_sweep_plot import tiny_sweep_config
 
 TIMES = ("epoch_time_s", "samples_per_s")
-
-
-def _tiny_sweep_config(tmp_path, tiny_fmnist):
-    cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(f"""extends: fmnist-cpu-tna
-name: tiny
-data: {{dir: {tiny_fmnist}, verify: false, val_size: 40}}
-model: {{width: 0.0625}}
-train: {{epochs: 1, batch_size: 32, eval_batch_size: 100, compile: false}}
-""")
-    return cfg
 
 
 def _metrics(run) -> list[dict]:
@@ -29,7 +19,7 @@ def _metrics(run) -> list[dict]:
 
 def test_a_ray_sweep_equals_the_local_one_and_skips_finished_runs(tmp_path, tiny_fmnist, capsys):
     ray = pytest.importorskip("ray")
-    cfg = _tiny_sweep_config(tmp_path, tiny_fmnist)
+    cfg = tiny_sweep_config(tmp_path, tiny_fmnist)
     args = ["sweep", "--config", cfg, "--set", "alpha=1e-2,1e-5", "--seeds", "0", "--quiet"]
     assert cli(capsys, *args, "--out-dir", tmp_path / "local").returncode == 0
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -53,7 +43,7 @@ def test_a_ray_sweep_equals_the_local_one_and_skips_finished_runs(tmp_path, tiny
 def test_the_ray_executor_without_ray_says_how_to_install_it(tmp_path, tiny_fmnist, capsys,
                                                             monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails as if not installed
-    cfg = _tiny_sweep_config(tmp_path, tiny_fmnist)
+    cfg = tiny_sweep_config(tmp_path, tiny_fmnist)
     proc = cli(capsys, "sweep", "--config", cfg, "--set", "alpha=1e-2", "--executor", "ray",
                "--out-dir", tmp_path / "runs")
     assert_one_line_error(proc, "pip install", "ray")
@@ -61,7 +51,7 @@ def test_the_ray_executor_without_ray_says_how_to_install_it(tmp_path, tiny_fmni
 
 
 def test_an_address_without_the_ray_executor_is_refused(tmp_path, tiny_fmnist, capsys):
-    cfg = _tiny_sweep_config(tmp_path, tiny_fmnist)
+    cfg = tiny_sweep_config(tmp_path, tiny_fmnist)
     proc = cli(capsys, "sweep", "--config", cfg, "--set", "alpha=1e-2", "--address", "auto",
                "--out-dir", tmp_path / "runs")
     assert_one_line_error(proc, "--executor ray")
