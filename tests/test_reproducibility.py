@@ -69,7 +69,7 @@ def test_bf16_training_is_deterministic_and_differs_from_fp32(tmp_path, tiny_fmn
 
 def test_nan_in_the_first_epoch_stops_without_writing_a_model(tmp_path, tiny_fmnist):
     cfg = tiny(tiny_fmnist, tmp_path / "runs", "diverges", **{"train.lr": 1e37})
-    with pytest.raises(TrainingError, match=r"loss is (nan|inf) at epoch 0 step \d+") as err:
+    with pytest.raises(TrainingError, match=r"loss is not finite at epoch 0 step \d+") as err:
         fit(cfg, progress=False)
     assert "no checkpoint had been written yet" in str(err.value)
     run = tmp_path / "runs" / "diverges"
@@ -81,7 +81,7 @@ def test_nan_after_a_good_epoch_keeps_its_checkpoint(tmp_path, tiny_fmnist):
     cfg = tiny(tiny_fmnist, tmp_path / "runs", "diverges-later", **{
         "train.lr_step_unit": "epoch", "train.lr_step_size": 1, "train.lr_gamma": 1e38})
     run = tmp_path / "runs" / "diverges-later"
-    with pytest.raises(TrainingError, match=r"loss is (nan|inf) at epoch 1 step \d+") as err:
+    with pytest.raises(TrainingError, match=r"loss is not finite at epoch 1 step \d+") as err:
         fit(cfg, progress=False)
     assert f"the last good checkpoint {run / 'checkpoint.pt'} is kept" in str(err.value)
     state = load_checkpoint(run / "checkpoint.pt")

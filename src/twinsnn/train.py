@@ -38,12 +38,11 @@ def train_step(cohort: Cohort, strategy: Strategy, x: torch.Tensor, y: torch.Ten
                share: float | None = None):
     """One update of every member on the batch ``(x, y)``: forward, the strategy's loss,
     backward, Adam (``share``: this rank's part of a data-parallel batch, see ``losses``).
-    Returns ``(loss, parts, outputs)``; raises ``FloatingPointError`` when the loss is not
-    finite or the update overflows."""
+    Returns ``(loss, parts, outputs)``; raises ``FloatingPointError`` when the update
+    overflows. Nothing here waits for the device: whether the loss is finite is the caller's
+    to check (``train_one_epoch`` does every ``LOSS_CHECK_EVERY`` steps)."""
     outputs = cohort.outputs(x)
     loss, parts = strategy(outputs, y, share)
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"loss is {loss.item()}")
     cohort.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     try:
@@ -127,6 +126,17 @@ def _epoch_stats(sums: dict, seen0: int, seconds: float) -> dict:
     return stats
 
 
+LOSS_CHECK_EVERY = 50  # steps between the device-to-host reads of the loss check
+
+
+def _check_loss(t: Training, first_bad: torch.Tensor, epoch: int, step: int) -> None:
+    """Stop (on every rank) if a step's loss was not finite: ``first_bad`` is this rank's
+    first such step of the epoch, -1 if none; ``step`` the current one."""
+    bad = int(first_bad)
+    if t.world.any(bad >= 0, t.train.x.device):
+        raise t.run.fault("loss is not finite", epoch, bad if bad >= 0 else step)
+
+
 def _check_weights(t: Training, epoch: int, step: int) -> None:
     """Before a checkpoint is written: every weight and statistic is finite (a finite loss
     does not prove it of the weights the last step produced)."""
@@ -164,6 +174,7 @@ def train_one_epoch(t: Training, epoch: int, state: dict | None = None) -> dict 
                desc=f"epoch {epoch}", unit="batch", leave=False, dynamic_ncols=True,
                mininterval=1.0)
     t0, seen0 = time.perf_counter(), sums["seen"]
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)
     for step in bar:
         index = order[step * bs:(step + 1) * bs]
         x, y = t.preprocess(t.train.x[index], aug), t.train.y[index]
@@ -177,11 +188,16 @@ def train_one_epoch(t: Training, epoch: int, state: dict | None = None) -> dict 
         if cfg.train.lr_step_unit == "batch":
             cohort.scheduler.step()
         _accumulate(sums, loss, parts, outputs, y, batch)
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step,
+                                first_bad)
+        if step % LOSS_CHECK_EVERY == LOSS_CHECK_EVERY - 1:
+            _check_loss(t, first_bad, epoch, step)
         if t.progress and (step % 10 == 0 or step == steps - 1):
             bar.set_postfix(loss=f"{sums['loss'].item() / sums['seen']:.3f}",
                             acc=f"{sums['correct'][0].item() / sums['seen']:.3f}",
                             samples_s=f"{(sums['seen'] - seen0) / (time.perf_counter() - t0):.0f}")
         if world.any(t.stop.requested, device) and step + 1 < steps:
+            _check_loss(t, first_bad, epoch, step)
             _check_weights(t, epoch, step)
             rng = {"torch": torch.get_rng_state(), "aug": aug.get_state()}
             t.run.save(checkpoint_state(cfg, cohort, epoch, step + 1, rng,
@@ -189,6 +205,7 @@ def train_one_epoch(t: Training, epoch: int, state: dict | None = None) -> dict 
             bar.close()
             return None
     bar.close()
+    _check_loss(t, first_bad, epoch, steps - 1)
     _check_weights(t, epoch, steps - 1)
     return _epoch_stats(_sum_over_ranks(sums, world), seen0, time.perf_counter() - t0)
 
