@@ -277,3 +277,19 @@ if __name__ == "__main__":  # print this platform's GOLDEN entry
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_tiny_fmnist(Path(tmp))
         print(f"    {platform_key()!r}: {run_digests(folder, Path(tmp) / 'runs')!r},")
+
+
+def test_validation_every_other_epoch_logs_it_there_and_at_the_end_and_trains_the_same(
+        tmp_path, tiny_fmnist):
+    """``train.val_every=2`` over 3 epochs validates after epochs 1 and 2 (the last) only,
+    and validation changes nothing of training: the models are bitwise those of a run that
+    validates every epoch."""
+    runs = tmp_path / "runs"
+    for name, every in (("every", 1), ("other", 2)):
+        fit(tiny(tiny_fmnist, runs, name, **{"train.epochs": 3, "train.val_every": every}),
+            progress=False)
+    logged = [json.loads(line) for line in (runs / "other" / "metrics.jsonl").read_text()
+              .splitlines()]
+    assert [("val_acc/0" in m) for m in logged] == [False, True, True]
+    every, other = weights(runs / "every"), weights(runs / "other")
+    assert all(torch.equal(every[k], other[k]) for k in every)

@@ -64,6 +64,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     deterministic: typing.Optional[bool] = None  # None: on for CPU, off for CUDA
     eval_test: bool = False  # also report test accuracy every epoch (never used for choices)
+    val_every: int = 1  # validate after every N-th epoch and after the last one
     compile: bool = True  # run the LIF loops through torch.compile (same numbers, faster)
     channels_last: bool = True  # NHWC memory format for the convolutions (faster on CPU)
     precision: str = "fp32"  # fp32 | bf16: autocast of the training forward (see README)
@@ -123,7 +124,7 @@ def choices() -> dict[str, tuple[str, ...]]:
 
 POSITIVE = ("model.width", "model.timesteps", "model.threshold", "train.epochs",
             "train.batch_size", "train.eval_batch_size", "train.lr", "train.lr_gamma",
-            "train.lr_step_size", "loss.members", "data.resolution")
+            "train.lr_step_size", "train.val_every", "loss.members", "data.resolution")
 UNIT_INTERVAL = ("model.decay", "model.readout_decay")  # [0, 1]
 NON_NEGATIVE = ("loss.alpha", "quant.delta", "quant.start_epoch", "data.val_size")
 POSITIVE_OR_NONE = ("data.train_limit", "data.train_size", "quant.lr_at_switch")

@@ -237,7 +237,8 @@ def summary_line(record: dict) -> str:
 def run_epoch(t: Training, epoch: int, state: dict | None = None) -> dict:
     """Epoch ``epoch`` of the paper's procedure: compression on from ``quant.start_epoch``
     (with ``quant.lr_at_switch`` set there), a pass over the training set, the schedule,
-    validation, a metrics line and a checkpoint. Returns the metrics record."""
+    validation (every ``train.val_every`` epochs and at the last), a metrics line and a
+    checkpoint. Returns the metrics record."""
     cfg, cohort = t.cfg, t.cohort
     compressed = quant.set_compression(cohort.members[0], cfg.quant, epoch)
     mid_epoch = state is not None and state["step"] > 0
@@ -254,7 +255,8 @@ def run_epoch(t: Training, epoch: int, state: dict | None = None) -> dict:
     if cfg.train.lr_step_unit == "epoch":
         cohort.scheduler.step()
     if t.run.writer:
-        record.update(validate(t))
+        if (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs:
+            record.update(validate(t))
         t.run.log(record)
         t.run.save(checkpoint_state(cfg, cohort, epoch + 1))
         tqdm.write(summary_line(record))
