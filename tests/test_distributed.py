@@ -82,45 +82,37 @@ def train_steps(data_dir, dtype=torch.float64) -> dict:
                  lambda x, g=None: preprocess(x, g).to(dtype), RunFolder(cfg, writer=False),
                  StopSignal(), False, world)
     stats = train_one_epoch(t, 1)
+    cohort.parallel = None  # DDP goes before its process group
     leave(world)
     return {"losses": losses, "grads": grads, "epoch": stats}
 
 
-@pytest.fixture(scope="module")
-def two_ranks_and_one(tmp_path_factory):
-    from conftest import write_tiny_fmnist
-    root = tmp_path_factory.mktemp("ddp")
-    data_dir = write_tiny_fmnist(root)
-    proc = subprocess.run([*TORCHRUN, "--nproc_per_node", "2", __file__, str(data_dir),
-                           str(root / "ranks.pt")], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return torch.load(root / "ranks.pt"), train_steps(data_dir)
+def test_two_ranks_equal_one_process(tmp_path, tiny_fmnist):
+    """torchrun with 2 ranks against one process (one test: the ranks run once however the
+    suite is spread over workers). First-step gradients of base and twin; the losses of 20
+    steps, CE of each member and the summed matching term, each of the whole batch; and
+    ``train_one_epoch``'s sums (loss, accuracies, agreement, loss parts) over both ranks."""
+    proc = subprocess.run([*TORCHRUN, "--nproc_per_node", "2", __file__, str(tiny_fmnist),
+                           str(tmp_path / "ranks.pt")], capture_output=True, text=True,
+                          timeout=2 * RANK_TIMEOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-8000:]
+    ranks, one = torch.load(tmp_path / "ranks.pt"), train_steps(tiny_fmnist)
 
-
-def test_first_step_gradients_of_two_ranks_equal_one_process(two_ranks_and_one):
-    ranks, one = two_ranks_and_one
     for member in range(2):  # base and twin
         for g2, g1 in zip(ranks["grads"][member], one["grads"][member]):
             assert torch.allclose(g2, g1, rtol=1e-5, atol=1e-5 * g1.abs().max().item()), \
                 (member, (g2 - g1).abs().max().item(), g1.abs().max().item())
 
+    losses2, losses1 = torch.tensor(ranks["losses"]), torch.tensor(one["losses"])
+    assert losses2.shape == (STEPS, 3)
+    assert torch.allclose(losses2, losses1, rtol=1e-3, atol=0), (losses2 - losses1).abs().max()
+    assert losses1[-1, :2].mean() < losses1[0, :2].mean()  # it learns
 
-def test_losses_of_twenty_steps_of_two_ranks_equal_one_process(two_ranks_and_one):
-    """CE of base and twin and the summed matching term, each of the whole batch."""
-    ranks, one = (torch.tensor(r["losses"]) for r in two_ranks_and_one)
-    assert ranks.shape == (STEPS, 3)
-    assert torch.allclose(ranks, one, rtol=1e-3, atol=0), (ranks - one).abs().max()
-    assert one[-1, :2].mean() < one[0, :2].mean()  # it learns
-
-
-def test_epoch_statistics_of_two_ranks_equal_one_process(two_ranks_and_one):
-    """train_one_epoch's sums (loss, accuracies, agreement, loss parts) cover both ranks."""
-    ranks, one = (r["epoch"] for r in two_ranks_and_one)
-    assert ranks.keys() == one.keys()
-    for key in one.keys() - {"samples_per_s"}:
-        assert ranks[key] == pytest.approx(one[key], rel=1e-6), key
-    assert one["train_acc/0"] * 160 == pytest.approx(round(one["train_acc/0"] * 160))
+    epoch2, epoch1 = ranks["epoch"], one["epoch"]
+    assert epoch2.keys() == epoch1.keys()
+    for key in epoch1.keys() - {"samples_per_s"}:
+        assert epoch2[key] == pytest.approx(epoch1[key], rel=1e-6), key
+    assert epoch1["train_acc/0"] * 160 == pytest.approx(round(epoch1["train_acc/0"] * 160))
 
 
 def _descendants(pid: int) -> list[int]:

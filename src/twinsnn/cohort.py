@@ -54,6 +54,14 @@ class Cohort:
                     outs.append(self.teacher.potentials(x))
         return outs
 
+    def backward(self, loss: torch.Tensor) -> None:
+        """Gradients of ``loss``. Data-parallel, ``loss`` is this rank's share of the global
+        batch's and DDP averages over the N ranks, so it is scaled by N first: the gradients
+        come out summed over ranks, those of the global batch."""
+        if self.parallel is not None:
+            loss = loss * self.parallel.process_group.size()
+        loss.backward()
+
 
 def optimization(members: list, train_cfg) -> tuple[torch.optim.Adam,
                                                    torch.optim.lr_scheduler.StepLR]:

@@ -4,7 +4,7 @@ Every rank computes the global batch a single process would (the same seeded ord
 augmentation draws) and trains on its slice of it (``World.shard``); dropout masks are drawn
 for the global batch and sliced alike. Each rank's loss is its share of the global batch's
 loss (``losses``: a batch mean weighted by ``share`` = local / global batch size, a sum as
-it is), so gradients are summed over ranks (``_sum_gradients``), not averaged: the summed
+it is), so gradients are summed over ranks (``Cohort.backward``), not averaged: the summed
 matching term of eq. 5 is not divided by the number of ranks and cross-entropy comes out as
 the global batch mean. BatchNorm statistics are those of the global batch
 (``train.sync_batchnorm``): ``torch.nn.SyncBatchNorm`` on CUDA, ``SyncedBatchNorm`` on the
@@ -114,11 +114,9 @@ class World:
                     nn.SyncBatchNorm.convert_sync_batchnorm(member)
                 else:
                     _synced_batchnorm(member)
-        ddp = nn.parallel.DistributedDataParallel(
+        return nn.parallel.DistributedDataParallel(
             Members(members), device_ids=[device] if device.type == "cuda" else None,
             **_NO_BUFFER_SYNC)
-        ddp.register_comm_hook(None, _sum_gradients)
-        return ddp
 
 
 def join(device: torch.device) -> World:
@@ -155,12 +153,6 @@ class Members(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return [m.potentials(x) for m in self.members]
-
-
-def _sum_gradients(_state, bucket):
-    """DDP communication hook: a bucket of gradients summed over ranks (DDP's own averages)."""
-    return dist.all_reduce(bucket.buffer(), async_op=True).get_future().then(
-        lambda fut: fut.value()[0])
 
 
 class SyncedBatchNorm(nn.modules.batchnorm._BatchNorm):

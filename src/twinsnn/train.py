@@ -44,7 +44,7 @@ def train_step(cohort: Cohort, strategy: Strategy, x: torch.Tensor, y: torch.Ten
     outputs = cohort.outputs(x)
     loss, parts = strategy(outputs, y, share)
     cohort.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    cohort.backward(loss)
     try:
         cohort.optimizer.step()
     except torch.OutOfMemoryError:
@@ -276,7 +276,7 @@ def fit(cfg: Config, resume: bool = False, progress: bool = True,
     In a process started by ``torchrun`` it trains data-parallel (``distributed``); the
     callback then runs on rank 0 and its answer holds for all ranks."""
     world = join(resolve_device(cfg.train.device))
-    run = RunFolder(cfg, world.writer)
+    run, cohort = RunFolder(cfg, world.writer), None
     try:
         source = world.agree(run.check, resume, branch_from)
         device, deterministic = configure(cfg.train)
@@ -306,4 +306,6 @@ def fit(cfg: Config, resume: bool = False, progress: bool = True,
         return record
     finally:
         run.release()
+        if cohort is not None:
+            cohort.parallel = None  # DDP goes before its process group
         leave(world)
