@@ -90,6 +90,10 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+# environment variables that hold oneDNN, MKL and ATen below the CPU's own vector ISA
+ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")
+
+
 class Cpu:
     """Wall time of a step; peak resident memory of the process (VmHWM, reset through
     /proc/self/clear_refs) above its resident memory at the baseline; dense fp32 GEMM rate as
@@ -106,13 +110,19 @@ class Cpu:
         return (_status_kib("VmHWM") - self.base_kib) / 1024
 
     def describe(self) -> dict:
-        model = platform.processor()
+        """The CPU's model and vector extensions, and any limit put on the ISA the libraries
+        use (``ONEDNN_MAX_CPU_ISA=AVX2`` etc.), with thread and core counts."""
+        model, flags = platform.processor(), set()
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
                 break
         return {"cpu": model, "logical_cpus": os.cpu_count(),
-                "torch_threads": torch.get_num_threads()}
+                "torch_threads": torch.get_num_threads(),
+                "isa": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}),
+                "isa_limits": {k: os.environ[k] for k in ISA_LIMITS if k in os.environ}}
 
     def matmul_gflops(self, n: int = 2048, reps: int = 10, trials: int = 5) -> dict:
         """Dense fp32 GEMM throughput (GFLOP/s, median over ``trials``) of the two libraries
@@ -411,7 +421,8 @@ def main(argv=None) -> None:
             "code": code_version(), "command": "python -m benchmarks.train_step " +
             " ".join(argv), "loadavg_start": os.getloadavg()}
     print(f"{info.get('gpu', info['cpu'])}, {info['logical_cpus']} logical CPUs, torch threads "
-          f"{info['torch_threads']}, load {info['loadavg_start'][0]:.2f}; "
+          f"{info['torch_threads']}, ISA limits {info.get('isa_limits') or 'none'}, "
+          f"load {info['loadavg_start'][0]:.2f}; "
           f"commit {info['code']['commit']}", flush=True)
     gflops = [device.matmul_gflops()]
     points = [dict(width=w, batch=b, mode=m, impl_name=i) for w in args.widths
