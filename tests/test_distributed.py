@@ -132,6 +132,21 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+def test_two_process_run_ends_cleanly(tmp_path, tiny_fmnist):
+    """torchrun with 2 processes to the end of a TNA run: both ranks leave (the DDP module is
+    released before its process group), the model is written, every epoch logged once."""
+    args = ["train", "--data-dir", tiny_fmnist, *TINY, "--set", "strategy=tna", "--set",
+            "epochs=2", "--out-dir", tmp_path / "runs", "--name", "ddp", "--quiet"]
+    proc = subprocess.run([*TORCHRUN, "--nproc_per_node", "2", "-m", "twinsnn", *map(str, args)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=2 * RANK_TIMEOUT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "runs" / "ddp"
+    assert (run / "model.safetensors").exists()
+    metrics = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [0, 1]
+
+
 def test_killed_two_process_run_resumes_in_one_process(tmp_path, tiny_fmnist):
     """torchrun with 2 processes, killed once it has written a checkpoint, resumed by one
     process: every epoch logged once, the model written."""
