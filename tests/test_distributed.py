@@ -23,7 +23,9 @@ import torch
 from test_cli import TINY, twinsnn
 from twinsnn.config import load_config
 
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            "--nproc_per_node", "2"]
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # two ranks on two cores
 STEPS = 20
 RANK_TIMEOUT = 300  # seconds a rank may take before it dumps its stack and exits
 
@@ -82,8 +84,7 @@ def train_steps(data_dir, dtype=torch.float64) -> dict:
                  lambda x, g=None: preprocess(x, g).to(dtype), RunFolder(cfg, writer=False),
                  StopSignal(), False, world)
     stats = train_one_epoch(t, 1)
-    cohort.parallel = None  # DDP goes before its process group
-    leave(world)
+    leave(world, cohort)
     return {"losses": losses, "grads": grads, "epoch": stats}
 
 
@@ -92,9 +93,8 @@ def test_two_ranks_equal_one_process(tmp_path, tiny_fmnist):
     suite is spread over workers). First-step gradients of base and twin; the losses of 20
     steps, CE of each member and the summed matching term, each of the whole batch; and
     ``train_one_epoch``'s sums (loss, accuracies, agreement, loss parts) over both ranks."""
-    proc = subprocess.run([*TORCHRUN, "--nproc_per_node", "2", __file__, str(tiny_fmnist),
-                           str(tmp_path / "ranks.pt")], capture_output=True, text=True,
-                          timeout=2 * RANK_TIMEOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run([*TORCHRUN, __file__, str(tiny_fmnist), str(tmp_path / "ranks.pt")],
+                          capture_output=True, text=True, timeout=2 * RANK_TIMEOUT, env=ONE_THREAD)
     assert proc.returncode == 0, proc.stderr[-8000:]
     ranks, one = torch.load(tmp_path / "ranks.pt"), train_steps(tiny_fmnist)
 
@@ -132,14 +132,19 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+def tna_train_args(data_dir, runs) -> list:
+    """``twinsnn train`` of a tiny TNA run named ``ddp`` under ``runs``."""
+    return ["train", "--data-dir", data_dir, *TINY, "--set", "strategy=tna", "--out-dir", runs,
+            "--name", "ddp", "--quiet"]
+
+
 def test_two_process_run_ends_cleanly(tmp_path, tiny_fmnist):
     """torchrun with 2 processes to the end of a TNA run: both ranks leave (the DDP module is
     released before its process group), the model is written, every epoch logged once."""
-    args = ["train", "--data-dir", tiny_fmnist, *TINY, "--set", "strategy=tna", "--set",
-            "epochs=2", "--out-dir", tmp_path / "runs", "--name", "ddp", "--quiet"]
-    proc = subprocess.run([*TORCHRUN, "--nproc_per_node", "2", "-m", "twinsnn", *map(str, args)],
+    args = tna_train_args(tiny_fmnist, tmp_path / "runs")
+    proc = subprocess.run([*TORCHRUN, "-m", "twinsnn", *map(str, args), "--set", "epochs=2"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=2 * RANK_TIMEOUT,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          env=ONE_THREAD)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "runs" / "ddp"
     assert (run / "model.safetensors").exists()
@@ -151,12 +156,10 @@ def test_killed_two_process_run_resumes_in_one_process(tmp_path, tiny_fmnist):
     """torchrun with 2 processes, killed once it has written a checkpoint, resumed by one
     process: every epoch logged once, the model written."""
     runs = tmp_path / "runs"
-    args = ["train", "--data-dir", tiny_fmnist, *TINY, "--set", "strategy=tna", "--out-dir",
-            runs, "--name", "ddp", "--quiet"]
+    args = tna_train_args(tiny_fmnist, runs)
     run = runs / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([*TORCHRUN, "--nproc_per_node", "2", "-m", "twinsnn", *map(str, args),
-                             "--set", "epochs=3"], cwd=tmp_path, env=env,
+    proc = subprocess.Popen([*TORCHRUN, "-m", "twinsnn", *map(str, args), "--set", "epochs=3"],
+                            cwd=tmp_path, env=ONE_THREAD,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 400
     while not (run / "checkpoint.pt").exists():

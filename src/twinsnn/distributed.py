@@ -134,7 +134,11 @@ def join(device: torch.device) -> World:
     return World(rank, size, local_rank, True, owns)
 
 
-def leave(world: World) -> None:
+def leave(world: World, cohort=None) -> None:
+    """Leave the process group ``join`` made; the ``cohort``'s DDP module is dropped first, so
+    it never outlives its group (a rank could hang in its teardown otherwise)."""
+    if cohort is not None:
+        cohort.parallel = None
     if world.owns_group:
         dist.destroy_process_group()
 

@@ -306,6 +306,4 @@ def fit(cfg: Config, resume: bool = False, progress: bool = True,
         return record
     finally:
         run.release()
-        if cohort is not None:
-            cohort.parallel = None  # DDP goes before its process group
-        leave(world)
+        leave(world, cohort)
