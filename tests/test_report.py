@@ -79,6 +79,18 @@ def test_report_pairs_configs_by_seed(tmp_path, capsys):
     assert [r["name"] for r in rows] == [None] * 3  # "fp" would name two configs
 
 
+def test_distilled_seeds_pool_across_their_teachers(tmp_path):
+    # each KD seed learns from a net of another seed: one config, not one row per teacher
+    runs = [fake_run(tmp_path, f"single-seed{s}", s, 0.80 + s / 100) for s in range(3)]
+    runs += [fake_run(tmp_path, f"kd-seed{s}", s, 0.82 + s / 100, loss__strategy="kd",
+                      loss__teacher=str(runs[(s + 1) % 3] / "checkpoint.pt")) for s in range(3)]
+    rows = summarize([load_run(r) for r in runs])
+    assert [(r["config"], r["n"], r["seeds"]) for r in rows] == [
+        ("strategy=None", 3, [0, 1, 2]), ("strategy=kd", 3, [0, 1, 2])]
+    [pair] = paired_rows(rows)
+    assert pair["val"]["mean"] == pytest.approx(0.02, abs=1e-12) and pair["val"]["n"] == 3
+
+
 def test_report_bad_input_is_one_line(tmp_path, capsys):
     run = fake_run(tmp_path, "a-seed0", 0, 0.5)
     stray = tmp_path / "jobs.txt"

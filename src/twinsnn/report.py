@@ -9,6 +9,8 @@ from pathlib import Path
 from .errors import TwinsnnError
 
 IGNORED_KEYS = ("name", "out_dir")
+# Config values each seed has its own of: a distilled run's teacher is a net of another seed.
+PER_SEED_KEYS = ("loss.teacher",)
 
 
 def load_run(run_dir: Path) -> dict:
@@ -83,9 +85,11 @@ def paired_difference(baseline: dict, other: dict, level: float = 0.95) -> dict:
 
 
 def _group_key(run: dict, by_seed: str) -> str:
-    """What makes runs the same config: everything but the seed and where they were written."""
+    """What makes runs the same config: everything but the seed, the values that go with it
+    and where the runs were written."""
     return json.dumps({k: v for k, v in run["config"].items()
-                       if k not in (by_seed, "data.dir", *IGNORED_KEYS)}, sort_keys=True)
+                       if k not in (by_seed, "data.dir", *PER_SEED_KEYS, *IGNORED_KEYS)},
+                      sort_keys=True)
 
 
 def _seedless(run: dict, by_seed: str) -> str:
@@ -100,7 +104,7 @@ def summarize(runs: list[dict], by_seed: str = "train.seed") -> list[dict]:
     values that differ between rows (by the run folder name without its ``-seed<N>`` suffix
     where only seeds differ); ``name`` is that folder name where it tells every row apart,
     else None."""
-    keys = [k for k in differing_keys(runs) if k != by_seed]
+    keys = [k for k in differing_keys(runs) if k not in (by_seed, *PER_SEED_KEYS)]
     groups: dict[str, list[dict]] = {}
     for run in (r for r in runs if r["metrics"]):
         groups.setdefault(_group_key(run, by_seed), []).append(run)
