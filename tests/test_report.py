@@ -5,7 +5,8 @@ import math
 import pytest
 
 from twinsnn.cli import main
-from twinsnn.report import load_run, paired_difference, paired_rows, summarize, t_interval
+from twinsnn.report import (curves_figure, load_run, paired_difference, paired_rows, summarize,
+                            t_interval)
 
 
 def test_t_interval_by_hand():
@@ -112,3 +113,20 @@ def test_accuracy_figure(tmp_path, capsys):
     assert main(["plot", "--accuracy", str(bare), "-o", str(tmp_path / "x.png")]) == 2
     assert "has a final test accuracy" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_each_run_keeps_its_colour_in_every_panel(tmp_path):
+    # a single net logs no matching term: the twin runs must not take its colour there
+    single = fake_run(tmp_path, "single-seed0", 0, 0.8, loss__strategy="single")
+    tna = fake_run(tmp_path, "tna-seed0", 0, 0.8, loss__strategy="tna")
+    record = {"epoch": 0, "val_acc/0": 0.8, "train_ce/0": 0.5}
+    (single / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    (tna / "metrics.jsonl").write_text(json.dumps({**record, "train_match": 3.0}) + "\n")
+    fig = curves_figure([load_run(single), load_run(tna)])
+    colours = {}
+    for ax in fig.axes:
+        for line in ax.get_lines():
+            colours.setdefault(line.get_label(), set()).add(line.get_color())
+    assert set(colours) == {"strategy=single", "strategy=tna"}
+    assert all(len(c) == 1 for c in colours.values())
+    assert colours["strategy=single"] != colours["strategy=tna"]

@@ -223,21 +223,22 @@ def _save(fig, out) -> Path:
         fig.clf()
 
 
-def plot_runs(run_dirs: list[Path], out: Path) -> Path:
-    """Training curves of several runs overlaid (the paper's Fig. 2 / Fig. 3 panels), each
-    run labelled by the config values that differ between them."""
+def curves_figure(runs: list[dict]):
+    """The figure of ``plot_runs``: one panel per logged curve, each run in one colour in
+    every panel (also in those where other runs have no curve)."""
     plt = _figure_backend()
-    runs = [load_run(d) for d in run_dirs]
     keys = differing_keys(runs)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     panels = [(t, k) for t, k in PANELS if any(k in m for r in runs for m in r["metrics"])]
     cols = 3
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
     for ax, (title, key) in zip(axes.flat, panels):
-        for run in runs:
+        for i, run in enumerate(runs):
             pts = [(m["epoch"] + 1, m[key]) for m in run["metrics"] if key in m]
             if pts:
-                ax.plot(*zip(*pts), marker="o", markersize=3, label=label(run, keys))
+                ax.plot(*zip(*pts), marker="o", markersize=3, label=label(run, keys),
+                        color=colors[i % len(colors)])
         ax.set_title(title)
         ax.set_xlabel("epoch")
         if key == "train_match":
@@ -246,6 +247,14 @@ def plot_runs(run_dirs: list[Path], out: Path) -> Path:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
+    return fig
+
+
+def plot_runs(run_dirs: list[Path], out: Path) -> Path:
+    """Training curves of several runs overlaid (the paper's Fig. 2 / Fig. 3 panels), each
+    run labelled by the config values that differ between them."""
+    plt = _figure_backend()
+    fig = curves_figure([load_run(d) for d in run_dirs])
     try:
         return _save(fig, out)
     finally:
