@@ -228,7 +228,6 @@ def curves_figure(runs: list[dict]):
     every panel (also in those where other runs have no curve)."""
     plt = _figure_backend()
     keys = differing_keys(runs)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     panels = [(t, k) for t, k in PANELS if any(k in m for r in runs for m in r["metrics"])]
     cols = 3
     rows = -(-len(panels) // cols)
@@ -238,7 +237,7 @@ def curves_figure(runs: list[dict]):
             pts = [(m["epoch"] + 1, m[key]) for m in run["metrics"] if key in m]
             if pts:
                 ax.plot(*zip(*pts), marker="o", markersize=3, label=label(run, keys),
-                        color=colors[i % len(colors)])
+                        color=f"C{i}")  # the i-th colour of the cycle, in every panel
         ax.set_title(title)
         ax.set_xlabel("epoch")
         if key == "train_match":
