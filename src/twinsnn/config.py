@@ -66,6 +66,7 @@ class TrainConfig:
     eval_test: bool = False  # also report test accuracy every epoch (never used for choices)
     val_every: int = 1  # validate after every N-th epoch and after the last one
     compile: bool = True  # run the LIF loops through torch.compile (same numbers, faster)
+    fuse_norm: bool = False  # BatchNorm + LIF as one autograd node (neurons.batchnorm_lif)
     channels_last: bool = True  # NHWC memory format for the convolutions (faster on CPU)
     precision: str = "fp32"  # fp32 | bf16: autocast of the training forward (see README)
     sync_batchnorm: bool = True  # torchrun: BatchNorm statistics over the global batch

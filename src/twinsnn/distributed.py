@@ -24,6 +24,7 @@ from torch import nn
 
 from .errors import TwinsnnError
 from .layers import TimeSharedDropout
+from .neurons import running_average_factor
 
 # the differentiable collectives SyncedBatchNorm needs; their successors in
 # torch.distributed._functional_collectives are differentiable only in recent releases
@@ -187,9 +188,7 @@ class SyncedBatchNorm(nn.modules.batchnorm._BatchNorm):
             out = out * self.weight.view(shape) + self.bias.view(shape)
         if self.track_running_stats:
             with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                m = self.momentum if self.momentum is not None else \
-                    1.0 / float(self.num_batches_tracked)
+                m = running_average_factor(self)
                 self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
                 self.running_var.mul_(1 - m).add_(var.detach() * (n / (n - 1)), alpha=m)
         return out

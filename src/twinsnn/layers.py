@@ -47,7 +47,7 @@ class TimeSharedDropout(nn.Module):
 
 class SpikingBlock(nn.Module):
     """``synapse -> norm -> neuron [-> pool] [-> dropout]`` over ``[T, B, ...]``; the neuron
-    maps currents ``[T, B, ...]`` to spikes of the same shape."""
+    maps ``(x_tb, norm)``, or currents ``[T, B, ...]`` alone, to spikes of the same shape."""
 
     def __init__(self, synapse: nn.Module, norm: nn.Module, neuron: nn.Module,
                  pool: nn.Module | None = None, dropout: nn.Module | None = None):
@@ -59,16 +59,15 @@ class SpikingBlock(nn.Module):
         self.dropout = dropout or nn.Identity()
 
     def forward(self, x_tb: torch.Tensor) -> torch.Tensor:
-        current = self.norm(self.synapse(fold(x_tb)))
-        return self._fire(unfold(current, x_tb.shape[0]))
+        spikes_tb = self.neuron(unfold(self.synapse(fold(x_tb)), x_tb.shape[0]), self.norm)
+        return self._pool_drop(spikes_tb)
 
     def forward_static(self, x: torch.Tensor, timesteps: int) -> torch.Tensor:
         """Input constant over time ``[B, ...]``: the synapse and norm run once, not T times."""
         current = self.norm(self.synapse(x))
-        return self._fire(current.expand(timesteps, *current.shape))
+        return self._pool_drop(self.neuron(current.expand(timesteps, *current.shape)))
 
-    def _fire(self, current_tb: torch.Tensor) -> torch.Tensor:
-        spikes_tb = self.neuron(current_tb)
+    def _pool_drop(self, spikes_tb: torch.Tensor) -> torch.Tensor:
         if not isinstance(self.pool, nn.Identity):
             spikes_tb = unfold(self.pool(fold(spikes_tb)), spikes_tb.shape[0])
         return self.dropout(spikes_tb)

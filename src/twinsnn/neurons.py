@@ -23,6 +23,8 @@ Adding a surrogate is one function here and one line in ``SURROGATES``.
   passes over memory.
 Potentials integrate in at least float32 (``state_dtype``): bfloat16 currents (autocast) give
 bfloat16 spikes, which hold 0 and 1 exactly, and bfloat16 input gradients.
+``batchnorm_lif`` runs a BatchNorm and the LIF after it as one autograd node (``LIF`` with
+``fuse_norm``), keeping only the BatchNorm's input for the backward pass.
 """
 from __future__ import annotations
 
@@ -203,34 +205,162 @@ def lif(current_tb: torch.Tensor, decay: float = 0.5, threshold: float = 1.0,
                               kernel == "compiled")
 
 
+# BatchNorm and LIF as one autograd node (``batchnorm_lif``). Unfused, ``lif(batchnorm(x))``
+# keeps for the backward pass BatchNorm's input x and the LIF's potentials u, and writes the
+# current I between them. Fused, the forward computes the per-channel statistics of x over the
+# time-folded batch, then in one pass
+#     I[t] = x[t] * scale + shift,  scale = gamma / sqrt(var + eps),  shift = beta - mean * scale
+# and eq. 1, keeping only x and the statistics. The backward recomputes u from x, runs the
+# BPTT of eq. 1 for dL/dI and BatchNorm's backward, with xhat = (x - mean) / sqrt(var + eps)
+# and n values per channel:
+#     dL/dbeta = sum dL/dI,  dL/dgamma = sum dL/dI * xhat,
+#     dL/dx = scale * (dL/dI - (dL/dbeta + xhat * dL/dgamma) / n)
+# (with running statistics, in eval mode: dL/dx = scale * dL/dI). The current is float32 for
+# x of any dtype. The kernels see x as [T, outer, C, inner] in its memory order, so one
+# compiled kernel serves every layer shape and memory format.
+
+def _fused_forward(x, scale, shift, decay: float, threshold: float, dtype: torch.dtype):
+    """Spikes in ``dtype`` of the current ``x * scale + shift`` (float32: scale is)."""
+    return _forward_kernel(x * scale + shift, decay, threshold)[0].to(dtype)
+
+
+def _fused_backward(grad_spikes, x, scale, shift, mean, invstd, batch_stats: bool,
+                    decay: float, threshold: float, surrogate):
+    """``(dL/dx, dL/dgamma, dL/dbeta)`` over ``[T, outer, C, inner]`` rows; per-channel
+    tensors are ``[C, 1]``, their gradients ``[C]``."""
+    _, u = _forward_kernel(x * scale + shift, decay, threshold)
+    grad_current = _backward_kernel(grad_spikes.to(u.dtype), u, decay, threshold, surrogate)
+    xhat = (x - mean) * invstd
+    grad_bias = grad_current.sum((0, 1, 3))
+    grad_weight = (grad_current * xhat).sum((0, 1, 3))
+    if batch_stats:  # through the batch mean and variance
+        n = x.numel() // x.shape[2]
+        grad_current = grad_current - (grad_bias[:, None] + xhat * grad_weight[:, None]) / n
+    return (grad_current * scale).to(x.dtype), grad_weight, grad_bias
+
+
+def _channel_rows(x_tb: torch.Tensor, order: list[int]) -> torch.Tensor:
+    """``[T, B, C, ...] -> [T, outer, C, inner]``: the dims before and after C in the memory
+    order ``order`` merged (a view when that is their memory order)."""
+    inner = 1
+    for d in order[order.index(2) + 1:]:
+        inner *= x_tb.shape[d]
+    rows = _rows(x_tb, order).contiguous().view(x_tb.shape[0], -1, x_tb.shape[2], inner)
+    for d in (1, 2, 3):
+        torch._dynamo.maybe_mark_dynamic(rows, d)
+    return rows
+
+
+def _per_channel(t: torch.Tensor) -> torch.Tensor:
+    """``[C] -> [C, 1]``, C dynamic for the compiled kernels."""
+    t = t.detach()[:, None]
+    torch._dynamo.maybe_mark_dynamic(t, 0)
+    return t
+
+
+class _NormLIF(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x_tb, weight, bias, mean, invstd, batch_stats: bool, decay: float,
+                threshold: float, surrogate, compiled: bool):
+        order = sorted(range(1, x_tb.dim()), key=lambda d: -x_tb.stride(d))
+        scale = weight.detach() * invstd
+        shift = bias.detach() - mean * scale
+        spikes = _kernel(_fused_forward, compiled)(
+            _channel_rows(x_tb, order), _per_channel(scale), _per_channel(shift), decay,
+            threshold, x_tb.dtype)
+        ctx.save_for_backward(x_tb, scale, shift, mean, invstd)
+        ctx.args, ctx.order = (batch_stats, decay, threshold, surrogate, compiled), order
+        return _unrows(spikes.flatten(1), x_tb, order)
+
+    @staticmethod
+    def backward(ctx, grad_spikes_tb):
+        x_tb, scale, shift, mean, invstd = ctx.saved_tensors
+        batch_stats, decay, threshold, surrogate, compiled = ctx.args
+        grad_x, grad_weight, grad_bias = _kernel(_fused_backward, compiled)(
+            _channel_rows(grad_spikes_tb, ctx.order), _channel_rows(x_tb, ctx.order),
+            *map(_per_channel, (scale, shift, mean, invstd)), batch_stats, decay, threshold,
+            surrogate)
+        return (_unrows(grad_x.flatten(1), x_tb, ctx.order), grad_weight, grad_bias,
+                None, None, None, None, None, None, None)
+
+
+def running_average_factor(norm: nn.modules.batchnorm._BatchNorm) -> float:
+    """Count one more training batch of ``norm`` and return the weight of its statistics in
+    the running averages: ``momentum``, or ``1 / batches`` (a plain mean) when it is None."""
+    norm.num_batches_tracked.add_(1)
+    if norm.momentum is None:
+        return 1.0 / float(norm.num_batches_tracked)
+    return norm.momentum
+
+
+def fusable(norm: nn.Module) -> bool:
+    """Whether ``batchnorm_lif`` can run ``norm``: an affine ``nn.BatchNorm1d``/``2d`` with
+    running statistics (not a subclass such as a synchronized one)."""
+    return (type(norm) in (nn.BatchNorm1d, nn.BatchNorm2d) and norm.affine
+            and norm.track_running_stats)
+
+
+def batchnorm_lif(x_tb: torch.Tensor, norm: nn.modules.batchnorm._BatchNorm, decay: float = 0.5,
+                  threshold: float = 1.0, surrogate: Surrogate = boxcar,
+                  compiled: bool = False) -> torch.Tensor:
+    """Spikes ``[T, B, C, ...]`` of ``lif(norm(x_tb))``, ``norm`` over the time-folded batch
+    (``fusable(norm)``), as one autograd node; ``compiled``: its loops through torch.compile.
+    In training mode it uses the batch statistics and updates the running averages, as
+    ``norm`` does."""
+    with torch.no_grad():
+        if norm.training:
+            mean, var = torch.ops.aten.batch_norm_update_stats(
+                x_tb.flatten(0, 1), norm.running_mean, norm.running_var,
+                running_average_factor(norm))
+        else:
+            mean, var = norm.running_mean, norm.running_var
+        invstd = torch.rsqrt(var + norm.eps)
+    return _NormLIF.apply(x_tb, norm.weight, norm.bias, mean, invstd, norm.training,
+                          float(decay), float(threshold), surrogate, compiled)
+
+
 class LIF(nn.Module):
-    """Multi-step LIF layer over ``[T, B, ...]``; holds only its parameters, never state."""
+    """Multi-step LIF layer over ``[T, B, ...]``; holds only its parameters, never state.
+
+    ``forward(x_tb, norm)`` drives the neurons with ``norm(x_tb)`` (time folded into the
+    batch), through ``batchnorm_lif`` when ``fuse_norm`` is on, the norm ``fusable`` and the
+    kernel not the reference.
+    """
 
     def __init__(self, decay: float = 0.5, threshold: float = 1.0, surrogate: str = "boxcar",
-                 kernel: str = "eager"):
+                 kernel: str = "eager", fuse_norm: bool = False):
         super().__init__()
         self.decay = decay
         self.threshold = threshold
         lookup(SURROGATES, surrogate, "model.surrogate")
         self.surrogate = surrogate
         self.kernel = _check_kernel(kernel)
+        self.fuse_norm = fuse_norm
 
-    def forward(self, current_tb: torch.Tensor) -> torch.Tensor:
-        return lif(current_tb, self.decay, self.threshold, SURROGATES[self.surrogate],
-                   self.kernel)
+    def forward(self, x_tb: torch.Tensor, norm: nn.Module | None = None) -> torch.Tensor:
+        surrogate = SURROGATES[self.surrogate]
+        if norm is None:
+            return lif(x_tb, self.decay, self.threshold, surrogate, self.kernel)
+        if self.fuse_norm and self.kernel != "reference" and fusable(norm):
+            return batchnorm_lif(x_tb, norm, self.decay, self.threshold, surrogate,
+                                 self.kernel == "compiled")
+        current_tb = norm(x_tb.flatten(0, 1)).unflatten(0, x_tb.shape[:2])
+        return lif(current_tb, self.decay, self.threshold, surrogate, self.kernel)
 
     def extra_repr(self) -> str:
         return (f"decay={self.decay}, threshold={self.threshold}, "
-                f"surrogate={self.surrogate}, kernel={self.kernel}")
+                f"surrogate={self.surrogate}, kernel={self.kernel}, fuse_norm={self.fuse_norm}")
 
 
 NEURONS = {"lif": LIF}
 
 
-def set_kernel(model: nn.Module, kernel: str) -> nn.Module:
-    """Run every neuron of ``model`` with ``kernel`` (one of ``KERNELS``); returns ``model``."""
+def set_kernel(model: nn.Module, kernel: str, fuse_norm: bool = False) -> nn.Module:
+    """Run every neuron of ``model`` with ``kernel`` (one of ``KERNELS``), its BatchNorm fused
+    into it or not; returns ``model``."""
     _check_kernel(kernel)
     for module in model.modules():
         if isinstance(module, tuple(NEURONS.values())):
             module.kernel = kernel
+            module.fuse_norm = fuse_norm
     return model

@@ -42,8 +42,9 @@ def configure(train_cfg) -> tuple[torch.device, bool]:
 
 def place(model: nn.Module, train_cfg, device: torch.device) -> nn.Module:
     """``model`` on ``device`` in the memory format (channels-last: NHWC convolutions, faster on
-    CPU for these layer sizes) and with the LIF kernel that ``train_cfg`` asks for."""
-    set_kernel(model, "compiled" if train_cfg.compile else "eager")
+    CPU for these layer sizes) and with the LIF kernel and BatchNorm fusion that ``train_cfg``
+    asks for."""
+    set_kernel(model, "compiled" if train_cfg.compile else "eager", train_cfg.fuse_norm)
     fmt = torch.channels_last if train_cfg.channels_last else torch.contiguous_format
     return model.to(device, memory_format=fmt)
 
