@@ -47,7 +47,8 @@ class TimeSharedDropout(nn.Module):
 
 class SpikingBlock(nn.Module):
     """``synapse -> norm -> neuron [-> pool] [-> dropout]`` over ``[T, B, ...]``; the neuron
-    maps ``(x_tb, norm)``, or currents ``[T, B, ...]`` alone, to spikes of the same shape."""
+    maps currents ``[T, B, ...]`` to spikes of the same shape, or, where its ``fuse_norm`` is
+    on, the synapse's output and the norm."""
 
     def __init__(self, synapse: nn.Module, norm: nn.Module, neuron: nn.Module,
                  pool: nn.Module | None = None, dropout: nn.Module | None = None):
@@ -59,8 +60,10 @@ class SpikingBlock(nn.Module):
         self.dropout = dropout or nn.Identity()
 
     def forward(self, x_tb: torch.Tensor) -> torch.Tensor:
-        spikes_tb = self.neuron(unfold(self.synapse(fold(x_tb)), x_tb.shape[0]), self.norm)
-        return self._pool_drop(spikes_tb)
+        x_tb = unfold(self.synapse(fold(x_tb)), x_tb.shape[0])
+        if getattr(self.neuron, "fuse_norm", False):  # the neuron runs the norm itself
+            return self._pool_drop(self.neuron(x_tb, self.norm))
+        return self._pool_drop(self.neuron(unfold(self.norm(fold(x_tb)), x_tb.shape[0])))
 
     def forward_static(self, x: torch.Tensor, timesteps: int) -> torch.Tensor:
         """Input constant over time ``[B, ...]``: the synapse and norm run once, not T times."""
