@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from .errors import lookup
+from .layers import fold, unfold
 
 SURROGATE_HEIGHT = 0.5  # eq. 4: value of ds/du inside the window
 SURROGATE_HALF_WIDTH = 0.5  # eq. 4: window |u - theta| <= 0.5
@@ -310,7 +311,7 @@ def batchnorm_lif(x_tb: torch.Tensor, norm: nn.modules.batchnorm._BatchNorm, dec
     with torch.no_grad():
         if norm.training:
             mean, var = torch.ops.aten.batch_norm_update_stats(
-                x_tb.flatten(0, 1), norm.running_mean, norm.running_var,
+                fold(x_tb), norm.running_mean, norm.running_var,
                 running_average_factor(norm))
         else:
             mean, var = norm.running_mean, norm.running_var
@@ -344,7 +345,7 @@ class LIF(nn.Module):
         if self.fuse_norm and self.kernel != "reference" and fusable(norm):
             return batchnorm_lif(x_tb, norm, self.decay, self.threshold, surrogate,
                                  self.kernel == "compiled")
-        current_tb = norm(x_tb.flatten(0, 1)).unflatten(0, x_tb.shape[:2])
+        current_tb = unfold(norm(fold(x_tb)), x_tb.shape[0])
         return lif(current_tb, self.decay, self.threshold, surrogate, self.kernel)
 
     def extra_repr(self) -> str:
