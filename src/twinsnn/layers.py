@@ -19,6 +19,11 @@ def unfold(x: torch.Tensor, timesteps: int) -> torch.Tensor:
     return x.unflatten(0, (timesteps, -1))
 
 
+def over_time(module: nn.Module, x_tb: torch.Tensor) -> torch.Tensor:
+    """``module`` run once over ``x_tb = [T, B, ...]`` with time folded into the batch."""
+    return unfold(module(fold(x_tb)), x_tb.shape[0])
+
+
 class TimeSharedDropout(nn.Module):
     """Dropout whose mask is drawn once per sample and shared by all T timesteps. With
     ``shard = (lo, hi, B)`` (a data-parallel rank holding samples ``lo:hi`` of a batch of B)
@@ -60,10 +65,10 @@ class SpikingBlock(nn.Module):
         self.dropout = dropout or nn.Identity()
 
     def forward(self, x_tb: torch.Tensor) -> torch.Tensor:
-        x_tb = unfold(self.synapse(fold(x_tb)), x_tb.shape[0])
+        x_tb = over_time(self.synapse, x_tb)
         if getattr(self.neuron, "fuse_norm", False):  # the neuron runs the norm itself
             return self._pool_drop(self.neuron(x_tb, self.norm))
-        return self._pool_drop(self.neuron(unfold(self.norm(fold(x_tb)), x_tb.shape[0])))
+        return self._pool_drop(self.neuron(over_time(self.norm, x_tb)))
 
     def forward_static(self, x: torch.Tensor, timesteps: int) -> torch.Tensor:
         """Input constant over time ``[B, ...]``: the synapse and norm run once, not T times."""
@@ -72,5 +77,5 @@ class SpikingBlock(nn.Module):
 
     def _pool_drop(self, spikes_tb: torch.Tensor) -> torch.Tensor:
         if not isinstance(self.pool, nn.Identity):
-            spikes_tb = unfold(self.pool(fold(spikes_tb)), spikes_tb.shape[0])
+            spikes_tb = over_time(self.pool, spikes_tb)
         return self.dropout(spikes_tb)

@@ -19,7 +19,7 @@ from torch import nn
 
 from .config import ModelConfig, from_flat
 from .errors import ConfigError, lookup
-from .layers import SpikingBlock, TimeSharedDropout, fold, unfold
+from .layers import SpikingBlock, TimeSharedDropout, over_time
 from .neurons import NEURONS, state_dtype
 
 CIFARNET_CONVS = (128, 256, "P", 512, "P", 1024, 512)  # "P": 2x2 average pool
@@ -90,7 +90,7 @@ class SpikingCNN(nn.Module):
         x_tb = x_tb.flatten(2)  # [T, B, C*H*W]
         for block in self.fcs:
             x_tb = block(x_tb)
-        current_tb = unfold(self.out(fold(x_tb)), x_tb.shape[0])  # [T, B, classes]
+        current_tb = over_time(self.out, x_tb)  # [T, B, classes]
         current_tb = current_tb.to(state_dtype(current_tb.dtype))  # float32 under autocast
         if self.readout_decay == 0.0:
             return current_tb

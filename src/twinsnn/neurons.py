@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from .errors import lookup
-from .layers import fold, unfold
+from .layers import fold, over_time
 
 SURROGATE_HEIGHT = 0.5  # eq. 4: value of ds/du inside the window
 SURROGATE_HALF_WIDTH = 0.5  # eq. 4: window |u - theta| <= 0.5
@@ -345,8 +345,7 @@ class LIF(nn.Module):
         if self.fuse_norm and self.kernel != "reference" and fusable(norm):
             return batchnorm_lif(x_tb, norm, self.decay, self.threshold, surrogate,
                                  self.kernel == "compiled")
-        current_tb = unfold(norm(fold(x_tb)), x_tb.shape[0])
-        return lif(current_tb, self.decay, self.threshold, surrogate, self.kernel)
+        return lif(over_time(norm, x_tb), self.decay, self.threshold, surrogate, self.kernel)
 
     def extra_repr(self) -> str:
         return (f"decay={self.decay}, threshold={self.threshold}, "
