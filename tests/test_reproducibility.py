@@ -230,18 +230,30 @@ GOLDEN_RUNS = {  # tiny runs that pass through TNA, both quantizers, the switch 
 # torch, so the numbers are compared where they were recorded; record another platform with
 # `python tests/test_reproducibility.py`.
 GOLDEN = {
-    "Intel(R) Xeon(R) Processor | AVX512 | isa -,- | torch 2.13.0+cpu": {
+    "Intel(R) Xeon(R) Processor (family 6 model 207) | AVX512 | isa -,- | torch 2.13.0+cpu": {
         "tna-ternary": {"weights": "1dfaf8d7f1d76298", "metrics": "cfc90ac0bb20e898"},
         "single-binary": {"weights": "f9986e9694feaf02", "metrics": "36a8b0cd8e63b80e"}},
-    "Intel(R) Xeon(R) Processor | AVX2 | isa AVX2,AVX2 | torch 2.13.0+cpu": {
+    "Intel(R) Xeon(R) Processor (family 6 model 207) | AVX2 | isa AVX2,AVX2 | torch 2.13.0+cpu": {
         "tna-ternary": {"weights": "a2f7ffbe6f5d35ff", "metrics": "08df84431d177ba8"},
         "single-binary": {"weights": "fba67fb8b145a106", "metrics": "09cfef5fc21e7c08"}},
+    "AMD EPYC (family 26 model 2) | AVX512 | isa -,- | torch 2.13.0+cpu": {
+        "tna-ternary": {"weights": "e8d76cac184defc3", "metrics": "ad79135d71b41a55"},
+        "single-binary": {"weights": "32a39ab386d3378f", "metrics": "92cef3caa7af9f7e"}},
+    "AMD EPYC (family 26 model 2) | AVX512 | isa AVX2,AVX2 | torch 2.13.0+cpu": {
+        "tna-ternary": {"weights": "8d826582e529fb48", "metrics": "fee6d9efac94881b"},
+        "single-binary": {"weights": "c03e8a1388359fe5", "metrics": "612a6281124453d5"}},
 }
 
 
 def platform_key() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), "unknown CPU")
+    """CPU name with family and model (one marketing name spans generations), the vector
+    level torch dispatches to, the oneDNN/MKL limits, torch's version."""
+    info = {}
+    for line in open("/proc/cpuinfo"):
+        key, _, value = line.partition(":")
+        info.setdefault(key.strip(), value.strip())
+    cpu = (f"{info.get('model name', 'unknown CPU')} "
+           f"(family {info.get('cpu family', '?')} model {info.get('model', '?')})")
     isa = ",".join(os.environ.get(k, "-") for k in ("ONEDNN_MAX_CPU_ISA",
                                                       "MKL_ENABLE_INSTRUCTIONS"))
     return (f"{cpu} | {torch.backends.cpu.get_cpu_capability()} | isa {isa} | "
