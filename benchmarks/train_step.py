@@ -46,7 +46,7 @@ from twinsnn.data import DataSplits, Dataset
 from twinsnn.losses import strategy_from_config
 from twinsnn.models import cifarnet
 from twinsnn.neurons import set_kernel
-from twinsnn.run import code_version
+from twinsnn.run import code_version, cpu_info
 from twinsnn.runtime import configure, retain_freed_memory
 from twinsnn.train import train_step
 
@@ -92,9 +92,6 @@ def _status_kib(field: str) -> int:
 
 
 # environment variables that hold oneDNN, MKL and ATen below the CPU's own vector ISA
-ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")
-
-
 class Cpu:
     """Wall time of a step; peak resident memory of the process (VmHWM, reset through
     /proc/self/clear_refs) above its resident memory at the baseline; dense fp32 GEMM rate as
@@ -111,19 +108,9 @@ class Cpu:
         return (_status_kib("VmHWM") - self.base_kib) / 1024
 
     def describe(self) -> dict:
-        """The CPU's model and vector extensions, and any limit put on the ISA the libraries
-        use (``ONEDNN_MAX_CPU_ISA=AVX2`` etc.), with thread and core counts."""
-        model, flags = platform.processor(), set()
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-        return {"cpu": model, "logical_cpus": os.cpu_count(),
-                "torch_threads": torch.get_num_threads(),
-                "isa": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}),
-                "isa_limits": {k: os.environ[k] for k in ISA_LIMITS if k in os.environ}}
+        """The CPU (``twinsnn.run.cpu_info``) with thread and core counts."""
+        return {**cpu_info(), "logical_cpus": os.cpu_count(),
+                "torch_threads": torch.get_num_threads()}
 
     def matmul_gflops(self, n: int = 2048, reps: int = 10, trials: int = 5) -> dict:
         """Dense fp32 GEMM throughput (GFLOP/s, median over ``trials``) of the two libraries

@@ -129,6 +129,10 @@ def test_train_then_eval_end_to_end(tmp_path, tiny_fmnist, capsys):
     info = json.loads((run / "run.json").read_text())
     assert info["torch_version"] == torch.__version__ and info["member_seeds"] == [0]
     assert info["data_split"]["val_size"] == 40
+    assert info["machine"]["torch_capability"] == torch.backends.cpu.get_cpu_capability()
+    if Path("/proc/cpuinfo").exists():  # timings name the CPU they were taken on
+        assert info["machine"]["cpu"] in Path("/proc/cpuinfo").read_text()
+        assert info["machine"]["family"] and info["machine"]["model"]
     head = subprocess.run(["git", "-C", str(Path(twinsnn_pkg.__file__).parent), "rev-parse",
                            "HEAD"], capture_output=True, text=True)
     if head.returncode == 0:  # run from a git checkout: the run names its commit

@@ -18,6 +18,8 @@ from twinsnn.runtime import place
 pytestmark = pytest.mark.skipif(fashion_mnist.locate(None) is None,
                                 reason="real Fashion-MNIST not installed")
 HIDDEN = ["convs.1", "convs.2", "convs.3", "convs.4", "fcs.0", "fcs.1"]
+# PyTorch's BatchNorm rounds k y + h once (as the folded neuron does) only where it has FMA
+FMA = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
 
 
 @pytest.fixture(autouse=True)
@@ -55,7 +57,10 @@ def test_full_precision_graph_scores_the_checkpoint_exactly(trained_runs, tmp_pa
     assert want.shape == (10000, 10)
     assert (want.argmax(1) == labels).float().mean() > 0.3  # really trained
     assert torch.equal(got.argmax(1), want.argmax(1))
-    assert torch.equal(got, want)
+    if FMA:
+        assert torch.equal(got, want)
+    else:
+        torch.testing.assert_close(got, want)
 
 
 def test_ternary_graph_and_integer_path_score_the_checkpoint_exactly(trained_runs, tmp_path):

@@ -17,6 +17,7 @@ from test_cli import TINY, assert_one_line_error, cli, twinsnn
 from twinsnn.checkpoint import atomic_write, load_checkpoint
 from twinsnn.config import load_config
 from twinsnn.errors import TrainingError, TwinsnnError, WriteError
+from twinsnn.run import cpu_info
 from twinsnn.train import fit
 
 
@@ -248,16 +249,11 @@ GOLDEN = {
 def platform_key() -> str:
     """CPU name with family and model (one marketing name spans generations), the vector
     level torch dispatches to, the oneDNN/MKL limits, torch's version."""
-    info = {}
-    for line in open("/proc/cpuinfo"):
-        key, _, value = line.partition(":")
-        info.setdefault(key.strip(), value.strip())
-    cpu = (f"{info.get('model name', 'unknown CPU')} "
-           f"(family {info.get('cpu family', '?')} model {info.get('model', '?')})")
-    isa = ",".join(os.environ.get(k, "-") for k in ("ONEDNN_MAX_CPU_ISA",
-                                                      "MKL_ENABLE_INSTRUCTIONS"))
-    return (f"{cpu} | {torch.backends.cpu.get_cpu_capability()} | isa {isa} | "
-            f"torch {torch.__version__}")
+    cpu = cpu_info()
+    isa = ",".join(cpu["isa_limits"].get(k, "-") for k in ("ONEDNN_MAX_CPU_ISA",
+                                                            "MKL_ENABLE_INSTRUCTIONS"))
+    return (f"{cpu['cpu']} (family {cpu['family'] or '?'} model {cpu['model'] or '?'}) | "
+            f"{cpu['torch_capability']} | isa {isa} | torch {torch.__version__}")
 
 
 def run_digests(data_dir, out_dir) -> dict:

@@ -62,9 +62,31 @@ class StopSignal:
             signal.signal(s, h)
 
 
+ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")
+
+
+def cpu_info() -> dict:
+    """The CPU as ``/proc/cpuinfo`` names it (one marketing name spans generations, so with
+    family and model), its vector extensions that matter here, the level torch dispatches to
+    and any limit put on the ISA the libraries use (``ONEDNN_MAX_CPU_ISA=AVX2`` etc.)."""
+    fields = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    flags = set(fields.get("flags", "").split())
+    return {"cpu": fields.get("model name", platform.processor() or platform.machine()),
+            "family": fields.get("cpu family"), "model": fields.get("model"),
+            "isa": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}),
+            "torch_capability": torch.backends.cpu.get_cpu_capability(),
+            "isa_limits": {k: os.environ[k] for k in ISA_LIMITS if k in os.environ}}
+
+
 def machine_info(device: torch.device) -> dict:
     info = {"platform": platform.platform(), "python": platform.python_version(),
-            "processor": platform.processor() or platform.machine(),
+            "processor": platform.processor() or platform.machine(), **cpu_info(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "device": str(device)}
     if device.type == "cuda":
