@@ -37,7 +37,7 @@ def test_paired_difference_by_hand():
     assert paired_difference({0: 1.0, 1: 2.0}, {0: 2.0, 1: 3.0})["p"] is None  # no spread
 
 
-def fake_run(root, name, seed, val, test=None, **config):
+def fake_run(root, name, seed, val, test=None, machine=None, **config):
     """A run folder as `twinsnn train` leaves it (run.json, metrics.jsonl, test.json)."""
     run = root / name
     run.mkdir()
@@ -45,7 +45,7 @@ def fake_run(root, name, seed, val, test=None, **config):
     for key, value in config.items():
         section, field = key.split("__")
         sections.setdefault(section, {})[field] = value
-    (run / "run.json").write_text(json.dumps({"config": sections}))
+    (run / "run.json").write_text(json.dumps({"config": sections, "machine": machine or {}}))
     (run / "metrics.jsonl").write_text(json.dumps({"epoch": 0, "val_acc/0": val}) + "\n")
     if test is not None:
         (run / "test.json").write_text(json.dumps({"accuracy": test}))
@@ -90,6 +90,21 @@ def test_distilled_seeds_pool_across_their_teachers(tmp_path):
         ("strategy=None", 3, [0, 1, 2]), ("strategy=kd", 3, [0, 1, 2])]
     [pair] = paired_rows(rows)
     assert pair["val"]["mean"] == pytest.approx(0.02, abs=1e-12) and pair["val"]["n"] == 3
+
+
+def test_seeds_pool_only_within_one_kind_of_cpu(tmp_path):
+    # the same config and seeds on two kinds of CPU (bitwise different runs): two rows, each
+    # named by its kind; runs recorded before the machine record form their own row
+    zen4 = {"cpu": "AMD EPYC", "family": "25", "model": "17", "isa_limits": {}}
+    held = {**zen4, "isa_limits": {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}}
+    runs = [fake_run(tmp_path, f"{kind}-seed{s}", s, 0.8 + s / 100, machine=machine)
+            for kind, machine in (("a", zen4), ("b", held), ("c", None)) for s in range(2)]
+    rows = summarize([load_run(r) for r in runs])
+    assert [(r["config"], r["seeds"]) for r in rows] == [
+        ("machine=AMD EPYC family 25 model 17", [0, 1]),
+        ("machine=AMD EPYC family 25 model 17 held to AVX2", [0, 1]),
+        ("machine=unrecorded", [0, 1])]
+    assert len(summarize([load_run(r) for r in runs[:2]])) == 1
 
 
 def test_report_bad_input_is_one_line(tmp_path, capsys):

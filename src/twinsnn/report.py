@@ -14,7 +14,8 @@ PER_SEED_KEYS = ("loss.teacher",)
 
 
 def load_run(run_dir: Path) -> dict:
-    """``{"dir", "config" (flat), "metrics" (list of epoch records)}`` of one run folder."""
+    """``{"dir", "config" (flat, with ``machine_kind`` as "machine"), "metrics" (list of epoch
+    records), "info" (``run.json``), "test" (``test.json`` or {})}`` of one run folder."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise TwinsnnError(f"{run_dir} is not a run folder (not a directory)")
@@ -31,9 +32,23 @@ def load_run(run_dir: Path) -> dict:
             flat.update({f"{section}.{k}": v for k, v in value.items()})
         else:
             flat[section] = value
+    flat["machine"] = machine_kind(info.get("machine", {}))
     test_file = run_dir / "test.json"
     test = json.loads(test_file.read_text()) if test_file.exists() else {}
     return {"dir": str(run_dir), "config": flat, "metrics": metrics, "info": info, "test": test}
+
+
+def machine_kind(machine: dict) -> str:
+    """The kind of processor a run ran on (``run.json``'s ``machine``), kept beside its config:
+    a run is bitwise reproducible only on its kind, so summaries pool seeds within one kind
+    and name it where rows differ in it ("unrecorded" for runs older than the record)."""
+    if "gpu" in machine:
+        return machine["gpu"]
+    if machine.get("family") is None:
+        return "unrecorded"
+    limits = sorted(set(machine.get("isa_limits", {}).values()))
+    return (f"{machine['cpu']} family {machine['family']} model {machine['model']}"
+            + (f" held to {'/'.join(limits)}" if limits else ""))
 
 
 def differing_keys(runs: list[dict]) -> list[str]:
