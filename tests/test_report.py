@@ -87,7 +87,7 @@ def test_distilled_seeds_pool_across_their_teachers(tmp_path):
                       loss__teacher=str(runs[(s + 1) % 3] / "checkpoint.pt")) for s in range(3)]
     rows = summarize([load_run(r) for r in runs])
     assert [(r["config"], r["n"], r["seeds"]) for r in rows] == [
-        ("strategy=None", 3, [0, 1, 2]), ("strategy=kd", 3, [0, 1, 2])]
+        ("strategy=single", 3, [0, 1, 2]), ("strategy=kd", 3, [0, 1, 2])]
     [pair] = paired_rows(rows)
     assert pair["val"]["mean"] == pytest.approx(0.02, abs=1e-12) and pair["val"]["n"] == 3
 
@@ -105,6 +105,14 @@ def test_seeds_pool_only_within_one_kind_of_cpu(tmp_path):
         ("machine=AMD EPYC family 25 model 17 held to AVX2", [0, 1]),
         ("machine=unrecorded", [0, 1])]
     assert len(summarize([load_run(r) for r in runs[:2]])) == 1
+
+
+def test_config_keys_newer_than_a_run_take_their_default(tmp_path):
+    # a run recorded before train.fuse_norm existed pools with one that records its default
+    old = fake_run(tmp_path, "a-seed0", 0, 0.8)
+    new = fake_run(tmp_path, "a-seed1", 1, 0.9, train__fuse_norm=False)
+    [row] = summarize([load_run(old), load_run(new)])
+    assert row["seeds"] == [0, 1] and load_run(old)["config"]["train.fuse_norm"] is False
 
 
 def test_report_bad_input_is_one_line(tmp_path, capsys):

@@ -6,6 +6,7 @@ import math
 import statistics
 from pathlib import Path
 
+from .config import Config, to_flat
 from .errors import TwinsnnError
 
 IGNORED_KEYS = ("name", "out_dir")
@@ -26,7 +27,7 @@ def load_run(run_dir: Path) -> dict:
         raise TwinsnnError(f"{run_dir} is not a run folder ({Path(e.filename).name} missing)") from None
     except json.JSONDecodeError as e:
         raise TwinsnnError(f"{run_dir}: unreadable run files ({e})") from None
-    flat = {}
+    flat = to_flat(Config())  # a key newer than the run: its default, the behaviour it had
     for section, value in info["config"].items():
         if isinstance(value, dict):
             flat.update({f"{section}.{k}": v for k, v in value.items()})
