@@ -90,6 +90,18 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, args, f
     assert_one_line_error(cli(capsys, *args), *fragments)
 
 
+def test_a_reader_that_goes_away_ends_the_output_quietly(tmp_path):
+    # `twinsnn presets | head -0`: the pipe's reading end closed before a byte is read
+    read, write = os.pipe()
+    os.close(read)
+    console_script = Path(sys.executable).with_name("twinsnn")  # the installed entry point
+    for command in ([sys.executable, "-m", "twinsnn"], [console_script]):
+        proc = subprocess.run([*command, "presets"], cwd=tmp_path, stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+        assert (proc.returncode, proc.stderr) == (1, ""), command
+    os.close(write)
+
+
 def test_a_bad_value_through_a_real_process_is_one_line(tmp_path):
     assert_one_line_error(twinsnn("train", "--set", "train.lr=0", cwd=tmp_path),
                           "train.lr must be positive")
