@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import textwrap
 from pathlib import Path
 
 from .config import Config, to_flat
@@ -297,7 +298,8 @@ def plot_accuracy(run_dirs: list[Path], out: Path, split: str = "test") -> Path:
     seeds = [100 * a for r in rows for a in r[f"{split}_per_seed"]]
     spread = max(seeds) - min(seeds)
     ax.set_ylim(min(seeds) - max(spread, 0.5), max(seeds) + max(spread, 0.5) / 2)
-    names = [_row_label(r).replace(", ", "\n") + f"\n(n={r['n']})" for r in rows]
+    names = ["\n".join(textwrap.fill(part, 24) for part in _row_label(r).split(", "))
+             + f"\n(n={r['n']})" for r in rows]
     ax.set_xticks(range(len(rows)), names, fontsize=7)
     ax.set_ylabel(f"{split} accuracy of the base (%)")
     ax.set_title("mean, 95% CI (Student t) and seeds", fontsize=9)
