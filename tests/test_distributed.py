@@ -47,7 +47,7 @@ def train_steps(data_dir, dtype=torch.float64) -> dict:
     from twinsnn.cohort import build_cohort, derive_seed
     from twinsnn.data import build_data
     from twinsnn.data.transforms import Preprocess
-    from twinsnn.distributed import join, leave
+    from twinsnn.distributed import join, leave, synchronize_batchnorm
     from twinsnn.losses import strategy_from_config
     from twinsnn.run import RunFolder, StopSignal
     from twinsnn.train import Training, train_one_epoch, train_step
@@ -61,7 +61,8 @@ def train_steps(data_dir, dtype=torch.float64) -> dict:
     for member in cohort.members:
         member.to(dtype)  # in place: the optimizer keeps its parameters
     if world.active:
-        cohort.parallel = world.parallel(cohort.members, True, cpu)
+        synchronize_batchnorm(cohort.members, cpu)
+        cohort.parallel = world.parallel(cohort.members, cpu)
     preprocess = Preprocess(data, True, cfg.train.channels_last)
     bs, seed = cfg.train.batch_size, cfg.train.seed
     order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(
@@ -138,18 +139,20 @@ def tna_train_args(data_dir, runs) -> list:
             "--name", "ddp", "--quiet"]
 
 
-def test_two_process_run_ends_cleanly(tmp_path, tiny_fmnist):
-    """torchrun with 2 processes to the end of a TNA run: both ranks leave (the DDP module is
-    released before its process group), the model is written, every epoch logged once."""
+def test_two_process_run_ends_cleanly_across_the_compression_switch(tmp_path, tiny_fmnist):
+    """torchrun with 2 processes to the end of a TNA run whose base goes ternary at epoch 1
+    (the parametrization moves the weights DDP had hooked): both ranks leave (the DDP module
+    is released before its process group), the model is written, every epoch logged once."""
     args = tna_train_args(tiny_fmnist, tmp_path / "runs")
-    proc = subprocess.run([*TORCHRUN, "-m", "twinsnn", *map(str, args), "--set", "epochs=2"],
+    proc = subprocess.run([*TORCHRUN, "-m", "twinsnn", *map(str, args), "--set", "epochs=3",
+                           "--set", "quant.mode=ternary", "--set", "quant.start_epoch=1"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=2 * RANK_TIMEOUT,
                           env=ONE_THREAD)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "runs" / "ddp"
     assert (run / "model.safetensors").exists()
     metrics = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [m["epoch"] for m in metrics] == [0, 1]
+    assert [(m["epoch"], m["compressed"]) for m in metrics] == [(0, False), (1, True), (2, True)]
 
 
 def test_killed_two_process_run_resumes_in_one_process(tmp_path, tiny_fmnist):

@@ -104,20 +104,25 @@ class World:
         x = x[:, lo:hi] if x.dim() == 5 else x[lo:hi]
         return x, y[lo:hi], (hi - lo) / b
 
-    def parallel(self, members: list, sync_batchnorm: bool, device: torch.device) -> nn.Module:
+    def parallel(self, members: list, device: torch.device) -> nn.Module:
         """The members as one ``DistributedDataParallel`` module whose forward returns every
-        member's output potentials; BatchNorm synchronized first when asked (in place: the
-        members keep their parameters and buffers, so optimizer and checkpoints are as
-        before)."""
-        if sync_batchnorm:
-            for member in members:
-                if device.type == "cuda":
-                    nn.SyncBatchNorm.convert_sync_batchnorm(member)
-                else:
-                    _synced_batchnorm(member)
+        member's output potentials. DDP hooks each parameter where the modules hold it when
+        it is built, so it is built again whenever they change (a quantization
+        parametrization moves the weight it wraps)."""
         return nn.parallel.DistributedDataParallel(
             Members(members), device_ids=[device] if device.type == "cuda" else None,
             **_NO_BUFFER_SYNC)
+
+
+def synchronize_batchnorm(members: list, device: torch.device) -> None:
+    """BatchNorm over the global batch in every member, in place (the members keep their
+    parameters and buffers, so optimizer and checkpoints are as before):
+    ``nn.SyncBatchNorm`` on CUDA, ``SyncedBatchNorm`` elsewhere."""
+    for member in members:
+        if device.type == "cuda":
+            nn.SyncBatchNorm.convert_sync_batchnorm(member)
+        else:
+            _synced_batchnorm(member)
 
 
 def join(device: torch.device) -> World:

@@ -26,7 +26,7 @@ from .cohort import Cohort, build_cohort, derive_seed
 from .config import Config
 from .data import DataSplits, Dataset, build_data
 from .data.transforms import Preprocess
-from .distributed import World, join, leave
+from .distributed import World, join, leave, synchronize_batchnorm
 from .errors import ConfigError, Interrupted
 from .evaluate import evaluate
 from .losses import Strategy, strategy_from_config
@@ -240,7 +240,11 @@ def run_epoch(t: Training, epoch: int, state: dict | None = None) -> dict:
     validation (every ``train.val_every`` epochs and at the last), a metrics line and a
     checkpoint. Returns the metrics record."""
     cfg, cohort = t.cfg, t.cohort
+    was_compressed = quant.is_compressed(cohort.members[0])
     compressed = quant.set_compression(cohort.members[0], cfg.quant, epoch)
+    if t.world.active and (cohort.parallel is None or compressed != was_compressed):
+        cohort.parallel = None  # the old wrapper's hooks go before the new one's are set
+        cohort.parallel = t.world.parallel(cohort.members, t.train.x.device)
     mid_epoch = state is not None and state["step"] > 0
     if compressed and epoch == cfg.quant.start_epoch and cfg.quant.lr_at_switch and not mid_epoch:
         for group in cohort.optimizer.param_groups:  # StepLR decays on from here
@@ -294,8 +298,8 @@ def fit(cfg: Config, resume: bool = False, progress: bool = True,
             state = run.resume(cohort) if resume else None
             first = state["epoch"] if resume else run.start(cohort, data, deterministic, source,
                                                             world.size)
-            if world.active:
-                cohort.parallel = world.parallel(cohort.members, cfg.train.sync_batchnorm, device)
+            if world.active and cfg.train.sync_batchnorm:
+                synchronize_batchnorm(cohort.members, device)
             record = {}
             for epoch in range(first, cfg.train.epochs):
                 record = run_epoch(t, epoch, state if epoch == first else None)
