@@ -243,10 +243,10 @@ GOLDEN = {
     "AMD EPYC (family 26 model 2) | AVX512 | isa AVX2,AVX2 | torch 2.13.0+cpu": {
         "tna-ternary": {"weights": "8d826582e529fb48", "metrics": "fee6d9efac94881b"},
         "single-binary": {"weights": "c03e8a1388359fe5", "metrics": "612a6281124453d5"}},
+    "Intel(R) Xeon(R) Processor (family 6 model 167) | AVX512 | isa AVX2,AVX2 | torch 2.13.0+cpu": {
+        "tna-ternary": {"weights": "ef007c661a25c527", "metrics": "2c45eafafc82f6ee"},
+        "single-binary": {"weights": "fdff82341ec0ad53", "metrics": "7cd2c3cc6e0d8a86"}},
 }
-GOLDEN["Intel(R) Xeon(R) Processor (family 6 model 167) | AVX512 | isa AVX2,AVX2 | torch 2.13.0+cpu"] = {
-    "tna-ternary": {"weights": "ef007c661a25c527", "metrics": "2c45eafafc82f6ee"},
-    "single-binary": {"weights": "fdff82341ec0ad53", "metrics": "7cd2c3cc6e0d8a86"}}
 # Measured: Zen 4 computes bitwise as Zen 5 at both levels; Intel model 167 as model 207 with
 # AVX-512, not when held to AVX2.
 for same, recorded, isas in (("AMD EPYC (family 25 model 17)", "AMD EPYC (family 26 model 2)",
