@@ -246,6 +246,9 @@ GOLDEN = {
     "Intel(R) Xeon(R) Processor (family 6 model 167) | AVX512 | isa AVX2,AVX2 | torch 2.13.0+cpu": {
         "tna-ternary": {"weights": "ef007c661a25c527", "metrics": "2c45eafafc82f6ee"},
         "single-binary": {"weights": "fdff82341ec0ad53", "metrics": "7cd2c3cc6e0d8a86"}},
+    "AMD EPYC (family 25 model 1) | AVX2 | isa -,- | torch 2.13.0+cpu": {
+        "tna-ternary": {"weights": "702d6717a225bcb1", "metrics": "6bf4dfa7266d0d1e"},
+        "single-binary": {"weights": "01d6675ea243ab5c", "metrics": "ee5c1d2ff9eb85a4"}},
 }
 # Measured: Zen 4 computes bitwise as Zen 5 at both levels; Intel model 167 as model 207 with
 # AVX-512, not when held to AVX2.
