@@ -68,7 +68,7 @@ class Impl:
 IMPLS = {
     "twinsnn": Impl(),
     "twinsnn:eager-lif": Impl({"train.compile": False}),
-    "twinsnn:fused-norm": Impl({"train.fuse_norm": True}),  # BatchNorm and LIF as one node
+    "twinsnn:unfused-norm": Impl({"train.fuse_norm": False}),  # BatchNorm, then the LIF
     "twinsnn:autograd-lif": Impl(kernel="reference"),
     "twinsnn:nchw": Impl({"train.channels_last": False}),
     "twinsnn:bf16": Impl({"train.precision": "bf16"}),  # the forward under bf16 autocast

@@ -1,7 +1,7 @@
 import pytest
 
-from twinsnn.config import (Config, dump_yaml, from_flat, load_config, preset_names, read_yaml,
-                            resolve_key, to_flat)
+from twinsnn.config import (Config, dump_yaml, from_flat, from_record, load_config, preset_names,
+                            read_yaml, resolve_key, to_flat)
 from twinsnn.errors import ConfigError
 
 
@@ -68,3 +68,12 @@ def test_extends_overlays_a_parent_and_refuses_cycles(tmp_path):
     loop.write_text(f"extends: {loop}\n")
     with pytest.raises(ConfigError, match="cycles"):
         load_config(str(loop))
+
+
+def test_a_record_lacking_a_key_whose_default_changed_runs_as_it_was_recorded():
+    # train.fuse_norm is on by default; records written before it existed ran unfused
+    assert from_flat({}).train.fuse_norm is True
+    assert from_record({}).train.fuse_norm is False
+    assert from_record({"train.fuse_norm": True}).train.fuse_norm is True
+    assert from_record({"train.epochs": 3}) == from_flat({"train.epochs": 3,
+                                                           "train.fuse_norm": False})

@@ -107,8 +107,9 @@ def test_seeds_pool_only_within_one_kind_of_cpu(tmp_path):
     assert len(summarize([load_run(r) for r in runs[:2]])) == 1
 
 
-def test_config_keys_newer_than_a_run_take_their_default(tmp_path):
-    # a run recorded before train.fuse_norm existed pools with one that records its default
+def test_config_keys_newer_than_a_run_take_the_value_it_ran_with(tmp_path):
+    # a run recorded before train.fuse_norm existed ran unfused, the default then (now fused):
+    # it pools with one that records fuse_norm off
     old = fake_run(tmp_path, "a-seed0", 0, 0.8)
     new = fake_run(tmp_path, "a-seed1", 1, 0.9, train__fuse_norm=False)
     [row] = summarize([load_run(old), load_run(new)])

@@ -27,7 +27,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from . import quant
-from .config import Config, from_flat
+from .config import Config, from_record
 from .errors import CheckpointError, ConfigError, WriteError
 from .models import build_from_spec
 
@@ -150,9 +150,9 @@ def weights_epoch(state: dict) -> int:
 
 
 def checkpoint_config(state: dict, path: Path | str) -> Config:
-    """The config a loaded checkpoint was trained with (keys it predates at their defaults)."""
+    """The config a loaded checkpoint was trained with (``config.from_record``)."""
     try:
-        return from_flat(state["config"])
+        return from_record(state["config"])
     except ConfigError as e:
         raise CheckpointError(f"{path}: its config is not valid ({e})") from None
 

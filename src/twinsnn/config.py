@@ -66,7 +66,7 @@ class TrainConfig:
     eval_test: bool = False  # also report test accuracy every epoch (never used for choices)
     val_every: int = 1  # validate after every N-th epoch and after the last one
     compile: bool = True  # run the LIF loops through torch.compile (same numbers, faster)
-    fuse_norm: bool = False  # BatchNorm + LIF as one autograd node (neurons.batchnorm_lif)
+    fuse_norm: bool = True  # BatchNorm + LIF as one autograd node (neurons.batchnorm_lif)
     channels_last: bool = True  # NHWC memory format for the convolutions (faster on CPU)
     precision: str = "fp32"  # fp32 | bf16: autocast of the training forward (see README)
     sync_batchnorm: bool = True  # torchrun: BatchNorm statistics over the global batch
@@ -228,6 +228,17 @@ def coerce(key: str, value):
     value = _coerce(key, value, leaf_keys()[key])
     _check(key, value)
     return value
+
+
+# Keys whose default has changed, at the value that records lacking them (written before the
+# key existed) ran with.
+RECORDED_BEFORE = {"train.fuse_norm": False}
+
+
+def from_record(flat: dict) -> Config:
+    """The ``Config`` a recorded flat config (a checkpoint's, a run's) ran with: keys newer
+    than the record at the value it ran with, ``RECORDED_BEFORE`` or the default."""
+    return from_flat({**RECORDED_BEFORE, **flat})
 
 
 def from_flat(flat: dict) -> Config:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from .analysis import firing_rates, format_operations, operations, recording
 from .checkpoint import load_checkpoint, load_model, member_from_checkpoint
-from .config import from_flat
+from .config import from_record
 from .data import Dataset, build_data
 from .data.transforms import Preprocess
 from .errors import CheckpointError, ConfigError
@@ -73,7 +73,7 @@ def load_for_eval(path: Path, member: int = 0, integer: bool = False):
     if not isinstance(meta.get("config"), dict):
         raise CheckpointError(f"{path}: holds no training config to evaluate it with")
     try:
-        return model, from_flat(meta["config"])
+        return model, from_record(meta["config"])
     except ConfigError as e:
         raise CheckpointError(f"{path}: its training config is not valid ({e})") from None
 

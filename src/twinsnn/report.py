@@ -7,7 +7,7 @@ import statistics
 import textwrap
 from pathlib import Path
 
-from .config import Config, to_flat
+from .config import RECORDED_BEFORE, Config, to_flat
 from .errors import TwinsnnError
 
 IGNORED_KEYS = ("name", "out_dir")
@@ -28,7 +28,8 @@ def load_run(run_dir: Path) -> dict:
         raise TwinsnnError(f"{run_dir} is not a run folder ({Path(e.filename).name} missing)") from None
     except json.JSONDecodeError as e:
         raise TwinsnnError(f"{run_dir}: unreadable run files ({e})") from None
-    flat = to_flat(Config())  # a key newer than the run: its default, the behaviour it had
+    # a key newer than the run: the behaviour it had (config.from_record)
+    flat = {**to_flat(Config()), **RECORDED_BEFORE}
     for section, value in info["config"].items():
         if isinstance(value, dict):
             flat.update({f"{section}.{k}": v for k, v in value.items()})
