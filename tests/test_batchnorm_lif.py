@@ -131,3 +131,18 @@ def test_fused_network_fires_and_learns_as_the_unfused_one():
     assert rates == ref_rates and 0 < rates["convs.1"] < 1
     for ours, theirs in zip(grads, ref_grads):
         torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_the_norm_is_fused_in_training_only(training):
+    # in evaluation the norm module runs, then the neurons: bit for bit an exported graph
+    torch.manual_seed(6)
+    norm = _norm(5, 2).train(training)
+    calls = []
+    norm.register_forward_hook(lambda *_: calls.append(1))
+    x = torch.randn(3, 4, 5, 6, 6, dtype=torch.float64) * 2 + 1
+    expected = lif(norm(x.flatten(0, 1)).unflatten(0, (3, 4)), 0.5, 1.0, kernel="compiled")
+    spikes = LIF(kernel="compiled", fuse_norm=True)(x, norm)
+    assert len(calls) == 1 + (not training)
+    if not training:
+        assert torch.equal(spikes, expected)

@@ -324,8 +324,10 @@ class LIF(nn.Module):
     """Multi-step LIF layer over ``[T, B, ...]``; holds only its parameters, never state.
 
     ``forward(x_tb, norm)`` drives the neurons with ``norm(x_tb)`` (time folded into the
-    batch), through ``batchnorm_lif`` when ``fuse_norm`` is on, the norm ``fusable`` and the
-    kernel not the reference.
+    batch), through ``batchnorm_lif`` when ``fuse_norm`` is on, the norm ``fusable`` and in
+    training mode, and the kernel not the reference. In evaluation the norm runs before the
+    neurons, as in an exported graph, so that both give the same logits bit for bit (the
+    fusion saves memory for the backward pass, which evaluation has not).
     """
 
     def __init__(self, decay: float = 0.5, threshold: float = 1.0, surrogate: str = "boxcar",
@@ -342,7 +344,7 @@ class LIF(nn.Module):
         surrogate = SURROGATES[self.surrogate]
         if norm is None:
             return lif(x_tb, self.decay, self.threshold, surrogate, self.kernel)
-        if self.fuse_norm and self.kernel != "reference" and fusable(norm):
+        if self.fuse_norm and norm.training and self.kernel != "reference" and fusable(norm):
             return batchnorm_lif(x_tb, norm, self.decay, self.threshold, surrogate,
                                  self.kernel == "compiled")
         return lif(over_time(norm, x_tb), self.decay, self.threshold, surrogate, self.kernel)
