@@ -235,10 +235,15 @@ def coerce(key: str, value):
 RECORDED_BEFORE = {"train.fuse_norm": False}
 
 
+def record_defaults() -> dict:
+    """Flat values for the keys a record (a checkpoint's or a run's config) lacks: the
+    behaviour it ran with, ``RECORDED_BEFORE`` or the default."""
+    return {**to_flat(Config()), **RECORDED_BEFORE}
+
+
 def from_record(flat: dict) -> Config:
-    """The ``Config`` a recorded flat config (a checkpoint's, a run's) ran with: keys newer
-    than the record at the value it ran with, ``RECORDED_BEFORE`` or the default."""
-    return from_flat({**RECORDED_BEFORE, **flat})
+    """The ``Config`` a recorded flat config ran with (``record_defaults`` for keys it lacks)."""
+    return from_flat({**record_defaults(), **flat})
 
 
 def from_flat(flat: dict) -> Config:

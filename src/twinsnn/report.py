@@ -7,7 +7,7 @@ import statistics
 import textwrap
 from pathlib import Path
 
-from .config import RECORDED_BEFORE, Config, to_flat
+from .config import record_defaults
 from .errors import TwinsnnError
 
 IGNORED_KEYS = ("name", "out_dir")
@@ -28,8 +28,7 @@ def load_run(run_dir: Path) -> dict:
         raise TwinsnnError(f"{run_dir} is not a run folder ({Path(e.filename).name} missing)") from None
     except json.JSONDecodeError as e:
         raise TwinsnnError(f"{run_dir}: unreadable run files ({e})") from None
-    # a key newer than the run: the behaviour it had (config.from_record)
-    flat = {**to_flat(Config()), **RECORDED_BEFORE}
+    flat = record_defaults()  # a key newer than the run: the behaviour it had
     for section, value in info["config"].items():
         if isinstance(value, dict):
             flat.update({f"{section}.{k}": v for k, v in value.items()})
