@@ -11,7 +11,8 @@ A point is a (width, batch size, mode, implementation). Its cohort is what the t
 build (``twinsnn.cohort.build_cohort``) from ``--config`` with the point's width, batch size
 and strategy (mode ``single`` or ``tna``), for random images of ``--image`` (channels x
 height x width) in 10 classes. An implementation (``IMPLS``) changes what is timed: config
-values (the ``twinsnn:*`` ablations each undo one optimization), the LIF kernel, the step, or
+values (the ``twinsnn:*`` ablations each undo one optimization; ``twinsnn:cuda-graphs*`` add
+one that is off by default), the LIF kernel, the step, or
 a peer library's networks carrying the cohort's weights (``benchmarks/peers.py``). A device
 (``DEVICES``) times a step and measures its memory.
 
@@ -48,7 +49,8 @@ from twinsnn.models import cifarnet
 from twinsnn.neurons import set_kernel
 from twinsnn.run import code_version, cpu_info
 from twinsnn.runtime import configure, retain_freed_memory
-from twinsnn.train import train_step
+from twinsnn.graphs import GraphedStep, WARMUP_STEPS
+from twinsnn.train import make_step
 
 CLASSES = 10
 MODES = ("single", "tna")
@@ -72,6 +74,9 @@ IMPLS = {
     "twinsnn:autograd-lif": Impl(kernel="reference"),
     "twinsnn:nchw": Impl({"train.channels_last": False}),
     "twinsnn:bf16": Impl({"train.precision": "bf16"}),  # the forward under bf16 autocast
+    # CUDA only (elsewhere the same as twinsnn): the step replayed from a CUDA graph
+    "twinsnn:cuda-graphs": Impl({"train.cuda_graphs": True}),
+    "twinsnn:cuda-graphs-bf16": Impl({"train.cuda_graphs": True, "train.precision": "bf16"}),
     # TNA only: each member's forward, backward and Adam on its own thread (1 intra-op thread)
     "twinsnn:threaded-cohort": Impl(threaded=True),
     "spikingjelly": Impl({"train.channels_last": False}, peer="spikingjelly"),
@@ -206,8 +211,9 @@ def point_config(args, width: float, batch: int, mode: str, impl: Impl):
 
 
 def build_step(cfg, impl: Impl, data: DataSplits):
-    """The cohort of ``cfg`` changed as ``impl`` says: ``(step, first)``, a training step on
-    ``data``'s batch and one on its first 2 samples."""
+    """The cohort of ``cfg`` changed as ``impl`` says: ``(step, first, graphed)``, a training
+    step on ``data``'s batch, one on its first 2 samples (eager), and whether the first is
+    replayed from a CUDA graph."""
     device, _ = configure(cfg.train)
     strategy = strategy_from_config(cfg.loss)
     cohort = build_cohort(cfg, data, strategy, device)
@@ -221,10 +227,11 @@ def build_step(cfg, impl: Impl, data: DataSplits):
         cohort = Cohort(peers, *optimization(peers, cfg.train), precision=cfg.train.precision)
     fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     x, y = data.train.x.to(device).contiguous(memory_format=fmt), data.train.y.to(device)
-    first = lambda: train_step(cohort, strategy, x[:2], y[:2])  # noqa: E731
+    step = make_step(cohort, strategy, cfg.train)
+    first = lambda: step(x[:2], y[:2])  # noqa: E731
     if impl.threaded:
-        return threaded_step(cohort, strategy, cfg.train, x, y), first
-    return (lambda: train_step(cohort, strategy, x, y)), first
+        return threaded_step(cohort, strategy, cfg.train, x, y), first, False
+    return (lambda: step(x, y)), first, isinstance(step, GraphedStep)
 
 
 def threaded_step(cohort: Cohort, strategy, train_cfg, x, y):
@@ -260,13 +267,13 @@ def time_point(args, width: float, batch: int, mode: str, impl_name: str) -> dic
     device = DEVICES[args.device]()
     impl = IMPLS[impl_name]
     cfg = point_config(args, width, batch, mode, impl)
-    step, first = build_step(cfg, impl, random_data(batch, args.image))
+    step, first, graphed = build_step(cfg, impl, random_data(batch, args.image))
     # a first step on 2 samples loads and compiles every code path (torch.compile kernels,
     # oneDNN primitives) before the memory baseline, so that it measures training alone
     first()
     device.synchronize()
     device.reset_peak()
-    for _ in range(args.warmup):
+    for _ in range(args.warmup + (WARMUP_STEPS + 1 if graphed else 0)):  # + capture
         step()
     times = []
     for _ in range(args.steps):
@@ -377,7 +384,8 @@ def parse_args(argv=None):
     p.add_argument("--timesteps", type=int, default=5)
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("--impls", nargs="+", choices=list(IMPLS), default=list(DEFAULT_IMPLS),
-                   help="twinsnn:* are ablations of twinsnn, each without one optimization")
+                   help="twinsnn:* are ablations of twinsnn, each without one optimization; "
+                        "twinsnn:cuda-graphs* add train.cuda_graphs (CUDA only)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=4, help="timed steps per round")
     p.add_argument("--rounds", type=int, default=2)

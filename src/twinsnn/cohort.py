@@ -42,11 +42,12 @@ class Cohort:
     seeds: list = field(default_factory=list)
     meta: dict = field(default_factory=dict)  # how to rebuild and feed the base
     parallel: torch.nn.Module | None = None  # the members data-parallel (distributed.World)
+    autocast_cache: bool = True  # off for a CUDA graph's capture (graphs.GraphedStep)
 
     def outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Output potentials ``[T, B, classes]`` of every member, then of the teacher; in
         float32 also under bf16 autocast."""
-        with autocast(self.precision, x.device):
+        with autocast(self.precision, x.device, self.autocast_cache):
             outs = self.parallel(x) if self.parallel is not None else \
                 [m.potentials(x) for m in self.members]
             if self.teacher is not None:

@@ -68,6 +68,7 @@ class TrainConfig:
     compile: bool = True  # run the LIF loops through torch.compile (same numbers, faster)
     fuse_norm: bool = True  # BatchNorm + LIF as one autograd node (neurons.batchnorm_lif)
     channels_last: bool = True  # NHWC memory format for the convolutions (faster on CPU)
+    cuda_graphs: bool = False  # CUDA, one process: replay the step as a CUDA graph (graphs.py)
     precision: str = "fp32"  # fp32 | bf16: autocast of the training forward (see README)
     sync_batchnorm: bool = True  # torchrun: BatchNorm statistics over the global batch
 

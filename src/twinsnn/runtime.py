@@ -49,9 +49,10 @@ def place(model: nn.Module, train_cfg, device: torch.device) -> nn.Module:
     return model.to(device, memory_format=fmt)
 
 
-def autocast(precision: str, device: torch.device):
-    """The context of the training forward: bfloat16 autocast for ``bf16``, none for fp32."""
-    return torch.autocast(device.type, torch.bfloat16, precision == "bf16")
+def autocast(precision: str, device: torch.device, cache: bool = True):
+    """The context of the training forward: bfloat16 autocast for ``bf16``, none for fp32;
+    ``cache``: autocast's cache of cast weights (off for a CUDA graph's capture)."""
+    return torch.autocast(device.type, torch.bfloat16, precision == "bf16", cache_enabled=cache)
 
 
 def retain_freed_memory() -> bool:

@@ -11,6 +11,7 @@ writes.
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from .data.transforms import Preprocess
 from .distributed import World, join, leave, synchronize_batchnorm
 from .errors import ConfigError, Interrupted
 from .evaluate import evaluate
+from .graphs import GraphedStep
 from .losses import Strategy, strategy_from_config
 from .run import RunFolder, StopSignal, checkpoint_state
 from .runtime import configure, resolve_device
@@ -54,10 +56,22 @@ def train_step(cohort: Cohort, strategy: Strategy, x: torch.Tensor, y: torch.Ten
     return loss, parts, outputs
 
 
+def make_step(cohort: Cohort, strategy: Strategy, train_cfg, world: World = World()) -> Callable:
+    """``train_step`` bound to ``cohort`` and ``strategy``, called ``step(x, y, share)``; with
+    ``train.cuda_graphs`` on a CUDA device in one process, replayed from a CUDA graph
+    (``graphs.GraphedStep``)."""
+    step = functools.partial(train_step, cohort, strategy)
+    device = next(cohort.members[0].parameters()).device
+    if train_cfg.cuda_graphs and device.type == "cuda" and not world.active:
+        return GraphedStep(step, cohort, train_cfg.batch_size)
+    return step
+
+
 @dataclass
 class Training:
     """What the loop works on: the config, the cohort and its strategy, the data (``train``:
-    the training split on the device) and how it is fed, the run folder and the stop flag."""
+    the training split on the device) and how it is fed, the run folder and the stop flag;
+    ``step`` updates the cohort on a batch (``make_step`` unless given)."""
 
     cfg: Config
     cohort: Cohort
@@ -69,6 +83,11 @@ class Training:
     stop: StopSignal
     progress: bool = True
     world: World = World()
+    step: Callable | None = None
+
+    def __post_init__(self):
+        if self.step is None:
+            self.step = make_step(self.cohort, self.strategy, self.cfg.train, self.world)
 
 
 def _new_sums(members: int, device) -> dict:
@@ -127,6 +146,7 @@ def _epoch_stats(sums: dict, seen0: int, seconds: float) -> dict:
 
 
 LOSS_CHECK_EVERY = 50  # steps between the device-to-host reads of the loss check
+SHOW_EVERY = {"cpu": 10}  # steps between progress bar figures; elsewhere at the loss check
 
 
 def _check_loss(t: Training, first_bad: torch.Tensor, epoch: int, step: int) -> None:
@@ -175,6 +195,8 @@ def train_one_epoch(t: Training, epoch: int, state: dict | None = None) -> dict 
                mininterval=1.0)
     t0, seen0 = time.perf_counter(), sums["seen"]
     first_bad = torch.full((), -1, dtype=torch.long, device=device)
+    # the figures read the device: elsewhere than on the CPU only right after the loss check
+    show_every = SHOW_EVERY.get(device.type, LOSS_CHECK_EVERY)
     for step in bar:
         index = order[step * bs:(step + 1) * bs]
         x, y = t.preprocess(t.train.x[index], aug), t.train.y[index]
@@ -182,7 +204,7 @@ def train_one_epoch(t: Training, epoch: int, state: dict | None = None) -> dict 
         if world.active:
             x, y, share = world.shard(cohort.members, x, y)
         try:
-            loss, parts, outputs = train_step(cohort, t.strategy, x, y, share)
+            loss, parts, outputs = t.step(x, y, share)
         except FloatingPointError as e:
             raise t.run.fault(str(e), epoch, step) from None
         if cfg.train.lr_step_unit == "batch":
@@ -192,7 +214,7 @@ def train_one_epoch(t: Training, epoch: int, state: dict | None = None) -> dict 
                                 first_bad)
         if step % LOSS_CHECK_EVERY == LOSS_CHECK_EVERY - 1:
             _check_loss(t, first_bad, epoch, step)
-        if t.progress and (step % 10 == 0 or step == steps - 1):
+        if t.progress and ((step + 1) % show_every == 0 or step == steps - 1):
             bar.set_postfix(loss=f"{sums['loss'].item() / sums['seen']:.3f}",
                             acc=f"{sums['correct'][0].item() / sums['seen']:.3f}",
                             samples_s=f"{(sums['seen'] - seen0) / (time.perf_counter() - t0):.0f}")

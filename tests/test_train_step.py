@@ -1,0 +1,101 @@
+"""The training step: it never reads the device on the host (what lets a GPU run ahead and a
+CUDA graph capture it), and replayed from a CUDA graph it trains as the eager step does
+(that part on CUDA only)."""
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from twinsnn import quant
+from twinsnn.cohort import build_cohort
+from twinsnn.config import load_config
+from twinsnn.graphs import WARMUP_STEPS
+from twinsnn.losses import strategy_from_config
+from twinsnn.train import make_step
+
+from benchmarks.train_step import random_data
+
+BATCH = 8
+# the operators that copy a device value to the host (and so wait for the device)
+HOST_READS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default,
+              torch.ops.aten.is_nonzero.default, torch.ops.aten.equal.default}
+
+
+class HostReads(TorchDispatchMode):
+    """Records every operator of ``HOST_READS`` run inside the block, except on the tensors
+    in ``allowed``."""
+
+    def __init__(self, allowed=()):
+        super().__init__()
+        self.allowed, self.reads = {id(t) for t in allowed}, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in HOST_READS and id(args[0]) not in self.allowed:
+            self.reads.append(func)
+        return func(*args, **(kwargs or {}))
+
+
+def cohort_and_step(device, **sets):
+    cfg = load_config("fmnist-cpu", {"model.width": 0.125, "train.batch_size": BATCH,
+                                     "train.device": device.type, **sets})
+    data = random_data(BATCH, (1, 28, 28))
+    strategy = strategy_from_config(cfg.loss)
+    cohort = build_cohort(cfg, data, strategy, device)
+    x = data.train.x.to(device).contiguous(memory_format=torch.channels_last)
+    return cfg, cohort, make_step(cohort, strategy, cfg.train), x, data.train.y.to(device)
+
+
+@pytest.mark.parametrize("sets", [
+    {"loss.strategy": "single"},
+    {"loss.strategy": "tna", "train.precision": "bf16"},
+    {"loss.strategy": "tna", "train.fuse_norm": False},
+    {"loss.strategy": "single", "compressed": True},
+])
+def test_a_training_step_reads_nothing_from_the_device(sets):
+    sets = dict(sets)
+    compressed = sets.pop("compressed", False)
+    # the eager LIF kernels: the compiled ones run the same code, out of the dispatcher's sight
+    cfg, cohort, step, x, y = cohort_and_step(torch.device("cpu"), **sets,
+                                              **{"train.compile": False})
+    if compressed:
+        quant.set_compression(cohort.members[0], cfg.quant, cfg.quant.start_epoch)
+    step(x, y)  # Adam's state exists from here on
+    # Adam keeps its step counts on the host unless capturable: reading those waits for nothing
+    counts = [s["step"] for s in cohort.optimizer.state.values()]
+    with HostReads(allowed=counts) as mode:
+        step(x, y)
+    assert mode.reads == []
+
+
+def test_the_probe_sees_a_host_read():
+    with HostReads() as mode:
+        torch.ones(3).sum().item()
+        bool(torch.ones(3).any())
+    assert len(mode.reads) == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_graphed_steps_train_as_eager_steps():
+    """Graph replays (after the warm-up steps), a schedule step and the switch to compression
+    (a new capture) give the losses and parameters of eager steps with the same (capturable)
+    Adam, up to the order of floating-point sums."""
+    device = torch.device("cuda")
+    sets = {"loss.strategy": "tna", "model.dropout": 0.0, "train.compile": True}
+    runs = []
+    for graphs in (False, True):
+        cfg, cohort, step, x, y = cohort_and_step(device, **sets, **{"train.cuda_graphs": graphs})
+        for group in cohort.optimizer.param_groups:
+            group["capturable"] = True
+        losses = []
+        for i in range(2 * WARMUP_STEPS + 4):
+            if i == WARMUP_STEPS + 2:
+                cohort.scheduler.step()
+                quant.set_compression(cohort.members[0], cfg.quant, cfg.quant.start_epoch)
+            losses.append(step(x, y)[0].detach().clone())
+        losses.append(step(x[:3], y[:3])[0].detach().clone())  # another size runs eagerly
+        runs.append((torch.stack(losses), [p.detach().clone() for m in cohort.members
+                                           for p in m.parameters()]))
+    (eager_loss, eager_params), (graph_loss, graph_params) = runs
+    assert type(step).__name__ == "GraphedStep" and step.graph is not None
+    torch.testing.assert_close(graph_loss, eager_loss, rtol=1e-4, atol=1e-5)
+    for a, b in zip(graph_params, eager_params):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
