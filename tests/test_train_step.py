@@ -1,15 +1,18 @@
 """The training step: it never reads the device on the host (what lets a GPU run ahead and a
 CUDA graph capture it), and replayed from a CUDA graph it trains as the eager step does
 (that part on CUDA only)."""
+import copy
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from twinsnn import quant
-from twinsnn.cohort import build_cohort
+from twinsnn.cohort import build_cohort, set_capturable
 from twinsnn.config import load_config
 from twinsnn.graphs import WARMUP_STEPS
 from twinsnn.losses import strategy_from_config
+from twinsnn.run import checkpoint_state, restore
 from twinsnn.train import make_step
 
 from benchmarks.train_step import random_data
@@ -71,6 +74,27 @@ def test_the_probe_sees_a_host_read():
         torch.ones(3).sum().item()
         bool(torch.ones(3).any())
     assert len(mode.reads) == 2
+
+
+def test_a_checkpoint_of_a_graphed_run_resumes_without_graphs(tmp_path):
+    """A graphed run saves Adam ``capturable`` (CPU Adam refuses to step so); the run that
+    loads the checkpoint runs Adam as it chose, and its next step is the step the saving
+    cohort takes."""
+    device = torch.device("cpu")
+    cfg, saved, step, x, y = cohort_and_step(device, **{"train.compile": False})
+    step(x, y)
+    set_capturable(saved.optimizer, True)  # as graphs.GraphedStep leaves it
+    state = copy.deepcopy(checkpoint_state(cfg, saved, 1))  # as written: no shared tensors
+    _, loaded, resumed_step, _, _ = cohort_and_step(device, **{"train.compile": False})
+    restore(loaded, state, cfg, tmp_path / "checkpoint.pt")
+    assert loaded.optimizer.param_groups[0]["capturable"] is False
+    torch.manual_seed(1)
+    resumed_step(x, y)
+    set_capturable(saved.optimizer, False)
+    torch.manual_seed(1)
+    step(x, y)
+    for a, b in zip(saved.members[0].parameters(), loaded.members[0].parameters()):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")

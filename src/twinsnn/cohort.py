@@ -72,6 +72,18 @@ def optimization(members: list, train_cfg) -> tuple[torch.optim.Adam,
                                                       train_cfg.lr_gamma)
 
 
+def set_capturable(optimizer: torch.optim.Optimizer, capturable: bool) -> None:
+    """Run Adam ``capturable`` (its step counts on the parameters' device, as a CUDA graph
+    needs) or not (on the host, where it creates them). A loaded optimizer state brings the
+    flag of the run that saved it, so whoever loads one sets its own again."""
+    for group in optimizer.param_groups:
+        group["capturable"] = capturable
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            if "step" in state:
+                state["step"] = state["step"].to(p.device if capturable else "cpu", torch.float32)
+
+
 def build_cohort(cfg: Config, data: DataSplits, strategy: Strategy, device) -> Cohort:
     """``strategy.trainable`` networks from their member seeds, and the teacher it needs."""
     spec = model_spec(cfg.model, data.num_classes, data.in_channels, data.image_size)

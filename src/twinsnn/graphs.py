@@ -28,7 +28,7 @@ from collections.abc import Callable
 import torch
 
 from . import quant
-from .cohort import Cohort
+from .cohort import Cohort, set_capturable
 
 WARMUP_STEPS = 3  # eager full batches on a side stream before the capture
 
@@ -61,7 +61,7 @@ class GraphedStep:
         cohort.autocast_cache = False
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, share: float | None = None):
-        self._make_capturable()
+        set_capturable(self.cohort.optimizer, True)  # also after a checkpoint was loaded
         if len(y) != self.batch_size:
             return self.step(x, y, share)
         compressed = quant.is_compressed(self.cohort.members[0])
@@ -82,16 +82,6 @@ class GraphedStep:
         self.y.copy_(y)
         self.graph.replay()
         return self.result
-
-    def _make_capturable(self) -> None:
-        """Adam with its step counts on the device (also after loading a checkpoint's state,
-        which brings the saved groups' flags)."""
-        optimizer = self.cohort.optimizer
-        for group in optimizer.param_groups:
-            group["capturable"] = True
-        for state in optimizer.state.values():
-            if "step" in state and state["step"].device != self.device:
-                state["step"] = state["step"].to(self.device, torch.float32)
 
     def _capture(self, x: torch.Tensor, y: torch.Tensor, share: float | None) -> None:
         self.x, self.y = torch.empty_like(x), torch.empty_like(y)

@@ -31,6 +31,7 @@ import torch
 from . import __version__, quant
 from .checkpoint import (atomic_write, checkpoint_config, first_line, load_checkpoint,
                          save_checkpoint, save_model, weights_epoch)
+from .cohort import set_capturable
 from .config import Config, to_dict, to_flat
 from .errors import CheckpointError, ConfigError, TrainingError, TwinsnnError
 
@@ -153,7 +154,9 @@ def restore(cohort, state: dict, cfg: Config, path: Path) -> None:
     try:
         for member, member_state in zip(cohort.members, state["members"]):
             member.load_state_dict(member_state)
+        capturable = cohort.optimizer.param_groups[0]["capturable"]
         cohort.optimizer.load_state_dict(state["optimizer"])
+        set_capturable(cohort.optimizer, capturable)
         cohort.scheduler.load_state_dict(state["scheduler"])
     except Exception as e:  # a damaged or tampered checkpoint
         raise CheckpointError(f"{path}: cannot restore the run from it "
