@@ -1,7 +1,9 @@
-"""The training step: it never reads the device on the host (what lets a GPU run ahead and a
-CUDA graph capture it), and replayed from a CUDA graph it trains as the eager step does
-(that part on CUDA only)."""
+"""The training step: neither it nor the batch preparation before it waits for the device
+(what lets a GPU run ahead and a CUDA graph capture the step), a graphed run's checkpoint
+resumes anywhere, and replayed from a CUDA graph the step trains as the eager step does (that
+part on CUDA only)."""
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -10,6 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from twinsnn import quant
 from twinsnn.cohort import build_cohort, set_capturable
 from twinsnn.config import load_config
+from twinsnn.data.transforms import Preprocess
 from twinsnn.graphs import WARMUP_STEPS
 from twinsnn.losses import strategy_from_config
 from twinsnn.run import checkpoint_state, restore
@@ -18,22 +21,24 @@ from twinsnn.train import make_step
 from benchmarks.train_step import random_data
 
 BATCH = 8
-# the operators that copy a device value to the host (and so wait for the device)
-HOST_READS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default,
-              torch.ops.aten.is_nonzero.default, torch.ops.aten.equal.default}
+# the operators that wait for the device: those that copy a device value to the host, and
+# the one that makes a tensor of host data (``torch.tensor``), a copy to a GPU that waits
+WAITS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default,
+         torch.ops.aten.is_nonzero.default, torch.ops.aten.equal.default,
+         torch.ops.aten.lift_fresh.default}
 
 
-class HostReads(TorchDispatchMode):
-    """Records every operator of ``HOST_READS`` run inside the block, except on the tensors
-    in ``allowed``."""
+class Waits(TorchDispatchMode):
+    """Records every operator of ``WAITS`` run inside the block, except on the tensors in
+    ``allowed``."""
 
     def __init__(self, allowed=()):
         super().__init__()
-        self.allowed, self.reads = {id(t) for t in allowed}, []
+        self.allowed, self.calls = {id(t) for t in allowed}, []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in HOST_READS and id(args[0]) not in self.allowed:
-            self.reads.append(func)
+        if func in WAITS and not (args and id(args[0]) in self.allowed):
+            self.calls.append(func)
         return func(*args, **(kwargs or {}))
 
 
@@ -53,7 +58,7 @@ def cohort_and_step(device, **sets):
     {"loss.strategy": "tna", "train.fuse_norm": False},
     {"loss.strategy": "single", "compressed": True},
 ])
-def test_a_training_step_reads_nothing_from_the_device(sets):
+def test_a_training_step_waits_for_nothing(sets):
     sets = dict(sets)
     compressed = sets.pop("compressed", False)
     # the eager LIF kernels: the compiled ones run the same code, out of the dispatcher's sight
@@ -64,16 +69,30 @@ def test_a_training_step_reads_nothing_from_the_device(sets):
     step(x, y)  # Adam's state exists from here on
     # Adam keeps its step counts on the host unless capturable: reading those waits for nothing
     counts = [s["step"] for s in cohort.optimizer.state.values()]
-    with HostReads(allowed=counts) as mode:
+    with Waits(allowed=counts) as mode:
         step(x, y)
-    assert mode.reads == []
+    assert mode.calls == []
 
 
-def test_the_probe_sees_a_host_read():
-    with HostReads() as mode:
+@pytest.mark.parametrize("augmentation, shape", [("crop_flip", (BATCH, 3, 32, 32)),
+                                                 ("rotate_shear", (BATCH, 4, 2, 48, 48))])
+def test_preparing_a_batch_waits_for_nothing(augmentation, shape):
+    data = dataclasses.replace(random_data(BATCH, (1, 28, 28)), augmentation=augmentation,
+                               mean=(0.5,) * shape[-3], std=(0.2,) * shape[-3])
+    preprocess = Preprocess(data, augment=True, channels_last=True)
+    images, generator = torch.randint(0, 256, shape, dtype=torch.uint8), torch.Generator()
+    preprocess(images, generator)  # the statistics are on the device from here on
+    with Waits() as mode:
+        preprocess(images, generator)
+    assert mode.calls == []
+
+
+def test_the_probe_sees_what_waits():
+    with Waits() as mode:
         torch.ones(3).sum().item()
         bool(torch.ones(3).any())
-    assert len(mode.reads) == 2
+        torch.tensor([0.5, 0.2])
+    assert len(mode.calls) == 3
 
 
 def test_a_checkpoint_of_a_graphed_run_resumes_without_graphs(tmp_path):

@@ -60,7 +60,8 @@ def random_rotate_shear(x: torch.Tensor, generator: torch.Generator, max_rotatio
     # output pixel -> input pixel, both relative to the centre: rotate^-1 after shear^-1
     unrotate = torch.stack([cos, sin, -sin, cos], 1).view(b, 2, 2)
     unshear = torch.stack([one, shear, zero, one], 1).view(b, 2, 2)
-    half = torch.tensor([w / 2, h / 2], device=dev)  # affine_grid's [-1, 1] -> pixels
+    # affine_grid's [-1, 1] -> pixels: [w / 2, h / 2], made on the device (not copied there)
+    half = w / 2 + (h - w) / 2 * torch.arange(2, device=dev)
     inverse = unrotate @ unshear * half.view(1, 1, 2) / half.view(1, 2, 1)
     theta = torch.cat([inverse, torch.zeros(b, 2, 1, device=dev)], 2).to(x.dtype)
     grid = torch.nn.functional.affine_grid(theta, [b, t * c, h, w], align_corners=False)
@@ -77,7 +78,7 @@ class Preprocess:
     Frames ``[B, T, C, H, W]`` leave time-major ``[T, B, C, H, W]``."""
 
     def __init__(self, data: DataSplits, augment: bool, channels_last: bool = False):
-        self.mean, self.std = data.mean, data.std
+        self.mean, self.std = torch.tensor(data.mean), torch.tensor(data.std)
         self.augmentation = AUGMENTATIONS[data.augmentation] if augment else None
         self.channels_last = channels_last
 
@@ -85,6 +86,8 @@ class Preprocess:
         x = to_unit(x)
         if generator is not None and self.augmentation is not None:
             x = self.augmentation(x, generator)
+        if self.mean.device != x.device:  # moved once: a copy to a GPU waits for it
+            self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
         x = normalize(x, self.mean, self.std)
         if x.dim() == 5:
             return x.transpose(0, 1)
