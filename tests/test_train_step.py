@@ -21,6 +21,7 @@ from twinsnn.train import make_step
 from benchmarks.train_step import random_data
 
 BATCH = 8
+TERNARY = {"quant.mode": "ternary", "quant.delta_rule": "mean_abs", "quant.delta": 0.5}
 # the operators that wait for the device: those that copy a device value to the host, and
 # the one that makes a tensor of host data (``torch.tensor``), a copy to a GPU that waits
 WAITS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default,
@@ -56,16 +57,14 @@ def cohort_and_step(device, **sets):
     {"loss.strategy": "single"},
     {"loss.strategy": "tna", "train.precision": "bf16"},
     {"loss.strategy": "tna", "train.fuse_norm": False},
-    {"loss.strategy": "single", "compressed": True},
+    {"loss.strategy": "tna", **TERNARY},
 ])
 def test_a_training_step_waits_for_nothing(sets):
-    sets = dict(sets)
-    compressed = sets.pop("compressed", False)
     # the eager LIF kernels: the compiled ones run the same code, out of the dispatcher's sight
     cfg, cohort, step, x, y = cohort_and_step(torch.device("cpu"), **sets,
                                               **{"train.compile": False})
-    if compressed:
-        quant.set_compression(cohort.members[0], cfg.quant, cfg.quant.start_epoch)
+    quant.set_compression(cohort.members[0], cfg.quant, cfg.quant.start_epoch)
+    assert quant.is_compressed(cohort.members[0]) == (cfg.quant.mode != "none")
     step(x, y)  # Adam's state exists from here on
     # Adam keeps its step counts on the host unless capturable: reading those waits for nothing
     counts = [s["step"] for s in cohort.optimizer.state.values()]
@@ -122,7 +121,7 @@ def test_graphed_steps_train_as_eager_steps():
     (a new capture) give the losses and parameters of eager steps with the same (capturable)
     Adam, up to the order of floating-point sums."""
     device = torch.device("cuda")
-    sets = {"loss.strategy": "tna", "model.dropout": 0.0, "train.compile": True}
+    sets = {"loss.strategy": "tna", "model.dropout": 0.0, "train.compile": True, **TERNARY}
     runs = []
     for graphs in (False, True):
         cfg, cohort, step, x, y = cohort_and_step(device, **sets, **{"train.cuda_graphs": graphs})
@@ -132,7 +131,7 @@ def test_graphed_steps_train_as_eager_steps():
         for i in range(2 * WARMUP_STEPS + 4):
             if i == WARMUP_STEPS + 2:
                 cohort.scheduler.step()
-                quant.set_compression(cohort.members[0], cfg.quant, cfg.quant.start_epoch)
+                assert quant.set_compression(cohort.members[0], cfg.quant, cfg.quant.start_epoch)
             losses.append(step(x, y)[0].detach().clone())
         losses.append(step(x[:3], y[:3])[0].detach().clone())  # another size runs eagerly
         runs.append((torch.stack(losses), [p.detach().clone() for m in cohort.members
