@@ -13,7 +13,8 @@ the next replay (the training loop reads them before). What makes the step captu
   the schedule and the checkpoints keep plain floats;
 - autocast runs without its weight cache (``Cohort.autocast_cache``);
 - the first ``WARMUP_STEPS`` full batches train eagerly on a side stream (they compile the
-  LIF kernels and create Adam's state), and the next one is captured, then replayed;
+  LIF kernels and create Adam's state and the BLAS handles), and the next one is captured on
+  that stream, then replayed;
 - a changed forward (compression switched on) is captured anew; a batch of another size (an
   epoch's last) trains eagerly.
 
@@ -87,5 +88,7 @@ class GraphedStep:
         self.x, self.y = torch.empty_like(x), torch.empty_like(y)
         self.cohort.optimizer.zero_grad(set_to_none=True)  # gradients from the graph's pool
         self.graph = torch.cuda.CUDAGraph()
-        with _learning_rates(self.cohort.optimizer, self.rates), torch.cuda.graph(self.graph):
+        # captured on the warm-up stream: the BLAS handles it created there are reused
+        with _learning_rates(self.cohort.optimizer, self.rates), \
+                torch.cuda.graph(self.graph, stream=self.stream):
             self.result = self.step(self.x, self.y, share)
