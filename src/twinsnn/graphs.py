@@ -7,7 +7,8 @@ launching them. ``GraphedStep`` records a step (``train.train_step``) into a
 and the loss, its parts and the outputs come back in the graph's own tensors, overwritten by
 the next replay (the training loop reads them before). What makes the step capturable:
 
-- nothing in it reads a device value on the host (tested in tests/test_train_step.py);
+- nothing in it waits for the device: no value is read back to the host, no tensor is made
+  of host data (tested in tests/test_train_step.py);
 - Adam runs ``capturable`` (its step counts live on the device) and, inside the graph, reads
   its learning rates from device tensors refreshed from the schedule's before every replay;
   the schedule and the checkpoints keep plain floats;

@@ -146,7 +146,7 @@ def _epoch_stats(sums: dict, seen0: int, seconds: float) -> dict:
 
 
 LOSS_CHECK_EVERY = 50  # steps between the device-to-host reads of the loss check
-SHOW_EVERY = {"cpu": 10}  # steps between progress bar figures; elsewhere at the loss check
+SHOW_EVERY_ON_CPU = 10  # steps between progress bar figures; elsewhere at the loss check
 
 
 def _check_loss(t: Training, first_bad: torch.Tensor, epoch: int, step: int) -> None:
@@ -196,7 +196,7 @@ def train_one_epoch(t: Training, epoch: int, state: dict | None = None) -> dict 
     t0, seen0 = time.perf_counter(), sums["seen"]
     first_bad = torch.full((), -1, dtype=torch.long, device=device)
     # the figures read the device: elsewhere than on the CPU only right after the loss check
-    show_every = SHOW_EVERY.get(device.type, LOSS_CHECK_EVERY)
+    show_every = SHOW_EVERY_ON_CPU if device.type == "cpu" else LOSS_CHECK_EVERY
     for step in bar:
         index = order[step * bs:(step + 1) * bs]
         x, y = t.preprocess(t.train.x[index], aug), t.train.y[index]
