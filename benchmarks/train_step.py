@@ -212,7 +212,7 @@ def point_config(args, width: float, batch: int, mode: str, impl: Impl):
 
 def build_step(cfg, impl: Impl, data: DataSplits):
     """The cohort of ``cfg`` changed as ``impl`` says: ``(step, first, graphed)``, a training
-    step on ``data``'s batch, one on its first 2 samples (eager), and whether the first is
+    step on ``data``'s batch, one on its first 2 samples (eager), and whether the step is
     replayed from a CUDA graph."""
     device, _ = configure(cfg.train)
     strategy = strategy_from_config(cfg.loss)

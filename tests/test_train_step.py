@@ -125,8 +125,7 @@ def test_graphed_steps_train_as_eager_steps():
     runs = []
     for graphs in (False, True):
         cfg, cohort, step, x, y = cohort_and_step(device, **sets, **{"train.cuda_graphs": graphs})
-        for group in cohort.optimizer.param_groups:
-            group["capturable"] = True
+        set_capturable(cohort.optimizer, True)
         losses = []
         for i in range(2 * WARMUP_STEPS + 4):
             if i == WARMUP_STEPS + 2:

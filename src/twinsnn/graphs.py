@@ -63,12 +63,13 @@ class GraphedStep:
         cohort.autocast_cache = False
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, share: float | None = None):
-        set_capturable(self.cohort.optimizer, True)  # also after a checkpoint was loaded
         if len(y) != self.batch_size:
             return self.step(x, y, share)
         compressed = quant.is_compressed(self.cohort.members[0])
         if compressed != self.compressed:
             self.graph, self.compressed, self.warm = None, compressed, 0
+        if self.graph is None:  # also the first step after a checkpoint was loaded
+            set_capturable(self.cohort.optimizer, True)
         if self.graph is None and self.warm < WARMUP_STEPS:
             self.warm += 1
             self.stream.wait_stream(torch.cuda.current_stream(self.device))
