@@ -82,7 +82,7 @@ def test_resume_across_the_switch(tiny_fmnist, tmp_path):
 @pytest.mark.parametrize("change, message", [
     ({"train.lr": 0.001}, "other values of train.lr"),
     ({"epochs": 1}, "raise train.epochs"),
-    ({"quant.start_epoch": 0}, "differ in quant.* before epoch 1"),
+    ({"quant.start_epoch": 0}, "differ in quant.* or loss.alpha_compressed before epoch 1"),
 ])
 def test_branching_refuses_what_would_not_equal_a_straight_run(tiny_fmnist, tmp_path, change, message):
     fit(cfg_for(tiny_fmnist, tmp_path, name="fp", epochs=1, **{"quant.mode": "none"}), progress=False)
@@ -107,3 +107,29 @@ def test_packed_model_matches_training_evaluation_on_real_fashion_mnist(tmp_path
     for row in size_report(tnn):
         if row.mode == "ternary":
             assert row.bits <= 2.1
+
+
+@pytest.mark.parametrize("before,after", [(0.0, 1e-2), (1e-4, 1e-2)])
+def test_matching_weight_changes_at_the_switch(tiny_fmnist, tmp_path, before, after):
+    """Late matching (0 before the switch) and a raised weight: each epoch's weighted term is
+    its alpha times its matching term, and a branch at the switch may change the weight."""
+    cfg = cfg_for(tiny_fmnist, tmp_path, name="late", strategy="tna", alpha=before,
+                  **{"loss.alpha_compressed": after})
+    fit(cfg, progress=False)
+    metrics = [json.loads(l) for l in (tmp_path / "late" / "metrics.jsonl").read_text().splitlines()]
+    for record, alpha in zip(metrics, (before, after)):
+        assert record["train_match_weighted"] == pytest.approx(alpha * record["train_match"],
+                                                               rel=1e-5, abs=0)
+    fp = cfg_for(tiny_fmnist, tmp_path, name="fp", epochs=1, strategy="tna", alpha=before,
+                 **{"quant.mode": "none"})
+    fit(fp, progress=False)
+    branched = cfg_for(tiny_fmnist, tmp_path, name="branched", strategy="tna", alpha=before,
+                       **{"loss.alpha_compressed": after})
+    fit(branched, progress=False, branch_from=tmp_path / "fp" / "checkpoint.pt")
+    assert _drop_times(tmp_path / "branched" / "metrics.jsonl") == \
+        _drop_times(tmp_path / "late" / "metrics.jsonl")
+
+
+def test_a_compressed_phase_weight_needs_compression(tmp_path):
+    with pytest.raises(ConfigError, match="alpha_compressed"):
+        load_config("fmnist-cpu-tna", {"loss.alpha_compressed": 1e-3})

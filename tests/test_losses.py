@@ -98,3 +98,11 @@ def test_kd_strategies_by_hand(name, reduction):
     want = 0.25 * match + (cross_entropy if name == "kd+ce" else 0.0)
     assert total.item() == pytest.approx(want, rel=1e-6)
     assert parts["match"].item() == pytest.approx(match, rel=1e-6)
+
+
+def test_alpha_at_the_switch():
+    from twinsnn.config import LossConfig
+    from twinsnn.losses import alpha_at
+    assert alpha_at(LossConfig(alpha=1e-4), True) == 1e-4
+    late = LossConfig(alpha=0.0, alpha_compressed=1e-3)
+    assert (alpha_at(late, False), alpha_at(late, True)) == (0.0, 1e-3)

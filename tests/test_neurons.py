@@ -163,3 +163,15 @@ def test_bfloat16_currents_integrate_in_float32_and_spike_exactly():
     (wide_spikes * weights.float()).sum().backward()
     assert current.grad.dtype == torch.bfloat16
     assert torch.equal(current.grad, wide.grad.to(torch.bfloat16))
+
+
+def test_relu_unit_is_max_zero_of_the_normalized_current():
+    from torch import nn
+
+    from twinsnn.neurons import NEURONS
+    unit = NEURONS["relu"](decay=0.5, threshold=1.0, surrogate="boxcar")
+    x = torch.tensor([[[-1.0, 0.0, 2.5]]])
+    assert torch.equal(unit(x), torch.tensor([[[0.0, 0.0, 2.5]]]))
+    norm = nn.BatchNorm1d(3).eval()
+    norm.running_mean.fill_(1.0)
+    assert torch.equal(unit(x, norm), torch.relu(x - 1.0) / (1.0 + norm.eps) ** 0.5)

@@ -44,7 +44,7 @@ class ModelConfig:
     timesteps: int = 5  # T
     dropout: float = 0.2  # on the FC layers, one mask for all timesteps
     fc_norm: str = "batchnorm"  # batchnorm | none: normalization after each hidden FC
-    neuron: str = "lif"  # neurons.NEURONS: lif = eq. 1
+    neuron: str = "lif"  # neurons.NEURONS: lif = eq. 1; relu = a non-spiking unit (ANN at T=1)
     decay: float = 0.5  # LIF leak a in eq. 1
     threshold: float = 1.0  # LIF firing threshold theta in eq. 1
     surrogate: str = "boxcar"  # neurons.SURROGATES, ds/du in the backward: boxcar = eq. 4
@@ -78,6 +78,7 @@ class LossConfig:
     strategy: str = "single"  # single | tna | kd | kd+ce
     members: int = 2  # networks trained together by tna (2 = base + twin)
     alpha: float = 1e-4  # weight of the logit matching term, eq. 5
+    alpha_compressed: typing.Optional[float] = None  # alpha from quant.start_epoch on (None: alpha)
     reduction: str = "sum"  # sum | batchmean | mean, of the squared logit differences
     match: str = "logits"  # logits (summed over T) | potentials (per timestep)
     teacher: typing.Optional[str] = None  # kd, kd+ce: checkpoint of the frozen teacher
@@ -128,7 +129,8 @@ POSITIVE = ("model.width", "model.timesteps", "model.threshold", "train.epochs",
             "train.batch_size", "train.eval_batch_size", "train.lr", "train.lr_gamma",
             "train.lr_step_size", "train.val_every", "loss.members", "data.resolution")
 UNIT_INTERVAL = ("model.decay", "model.readout_decay")  # [0, 1]
-NON_NEGATIVE = ("loss.alpha", "quant.delta", "quant.start_epoch", "data.val_size")
+NON_NEGATIVE = ("loss.alpha", "loss.alpha_compressed", "quant.delta", "quant.start_epoch",
+                "data.val_size")
 POSITIVE_OR_NONE = ("data.train_limit", "data.train_size", "quant.lr_at_switch")
 MAX_YAML_BYTES = 64 << 10  # a config file is a few hundred bytes
 
@@ -216,7 +218,7 @@ def _check(key: str, value) -> None:
         raise ConfigError(f"{key} must be positive, got {value!r}")
     if key in UNIT_INTERVAL and not 0 <= value <= 1:
         raise ConfigError(f"{key} must be in [0, 1], got {value!r}")
-    if key in NON_NEGATIVE and value < 0:
+    if key in NON_NEGATIVE and value is not None and value < 0:
         raise ConfigError(f"{key} must be >= 0, got {value!r}")
     if key in POSITIVE_OR_NONE and value is not None and not value > 0:
         raise ConfigError(f"{key} must be positive, got {value!r}")
@@ -266,6 +268,9 @@ def from_flat(flat: dict) -> Config:
     if cfg.data.train_size is not None and cfg.data.train_limit is not None:
         raise ConfigError("set data.train_size (a stratified random subset) or data.train_limit "
                           "(the first N samples), not both")
+    if cfg.loss.alpha_compressed is not None and cfg.quant.mode == "none":
+        raise ConfigError("loss.alpha_compressed weighs the matching term while the base is "
+                          "compressed; set quant.mode (ternary or binary) or leave it unset")
     if cfg.loss.strategy in ("kd", "kd+ce") and not cfg.loss.teacher:
         raise ConfigError(f"loss.strategy={cfg.loss.strategy} needs a teacher: --teacher PATH")
     return cfg

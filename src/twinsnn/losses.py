@@ -86,7 +86,8 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Ten
 
 class Strategy:
     """Binds a strategy's constants; ``trainable`` networks are trained, a ``teacher``
-    (KD only) is run frozen and its output appended last."""
+    (KD only) is run frozen and its output appended last. ``alpha`` may change between
+    epochs (``alpha_at``); each call reads it."""
 
     def __init__(self, name: str, alpha: float, reduction: str, match: str, members: int):
         self.name, self.alpha, self.reduction, self.match = name, alpha, reduction, match
@@ -101,6 +102,14 @@ class Strategy:
             return distill_loss(outputs[0], outputs[1], target, self.alpha, self.reduction,
                                 self.name == "kd+ce", share)
         return cohort_loss(outputs, target, self.alpha, self.reduction, share)
+
+
+def alpha_at(loss_cfg, compressed: bool) -> float:
+    """The matching weight of an epoch: ``loss.alpha_compressed`` while the base is compressed
+    (when set: 0 before the switch is late matching), else ``loss.alpha``."""
+    if compressed and loss_cfg.alpha_compressed is not None:
+        return loss_cfg.alpha_compressed
+    return loss_cfg.alpha
 
 
 def strategy_from_config(loss_cfg) -> Strategy:

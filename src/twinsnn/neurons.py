@@ -354,7 +354,22 @@ class LIF(nn.Module):
                 f"surrogate={self.surrogate}, kernel={self.kernel}, fuse_norm={self.fuse_norm}")
 
 
-NEURONS = {"lif": LIF}
+class ReLU(nn.Module):
+    """A non-spiking unit, ``max(0, I[t])`` at every timestep, in place of the LIF: with
+    ``model.timesteps=1`` the network is a plain ANN (the paper's "other networks"). Takes the
+    LIF's arguments so that the registry builds both alike; decay, threshold and surrogate do
+    not apply to it."""
+
+    def __init__(self, decay: float = 0.5, threshold: float = 1.0, surrogate: str = "boxcar",
+                 kernel: str = "eager", fuse_norm: bool = False):
+        super().__init__()
+        self.kernel, self.fuse_norm = _check_kernel(kernel), fuse_norm
+
+    def forward(self, x_tb: torch.Tensor, norm: nn.Module | None = None) -> torch.Tensor:
+        return torch.relu(x_tb if norm is None else over_time(norm, x_tb))
+
+
+NEURONS = {"lif": LIF, "relu": ReLU}
 
 
 def set_kernel(model: nn.Module, kernel: str, fuse_norm: bool = False) -> nn.Module:

@@ -36,7 +36,8 @@ from .config import Config, to_dict, to_flat
 from .errors import CheckpointError, ConfigError, TrainingError, TwinsnnError
 
 # Keys that may differ between a run and the run it branches from: they do not shape the
-# epochs already trained (quant.* only while neither run compresses before the branch point).
+# epochs already trained (quant.* and loss.alpha_compressed only while neither run compresses
+# before the branch point).
 BRANCH_FREE_KEYS = ("name", "out_dir", "data.dir", "train.epochs", "train.eval_test",
                     "train.eval_batch_size")
 
@@ -111,6 +112,11 @@ def code_version() -> dict:
         return {"commit": None, "dirty": None}
 
 
+def _from_switch(key: str) -> bool:
+    """Keys that act only once compression is on."""
+    return key.startswith("quant.") or key == "loss.alpha_compressed"
+
+
 def check_branch(state: dict, cfg: Config, source: Path) -> None:
     """Raise ``ConfigError`` unless training ``cfg`` from ``state`` (an end-of-epoch
     checkpoint) gives bitwise the run ``cfg`` would give from scratch: the configs agree on
@@ -123,16 +129,18 @@ def check_branch(state: dict, cfg: Config, source: Path) -> None:
     if done >= cfg.train.epochs:
         raise ConfigError(f"{source} has {done} epochs done; the config trains "
                           f"{cfg.train.epochs}: raise train.epochs to branch from it")
-    quant_same = all(theirs[k] == v for k, v in ours.items() if k.startswith("quant."))
+    quant_same = all(theirs[k] == v for k, v in ours.items() if _from_switch(k))
     compressed = (quant.compression_on(c.quant, done - 1) for c in (their_cfg, cfg))
     if not quant_same and any(compressed):
-        raise ConfigError(f"{source} and the config differ in quant.* before epoch {done}; "
-                          "branch from a checkpoint written before compression starts")
+        raise ConfigError(f"{source} and the config differ in quant.* or loss.alpha_compressed "
+                          f"before epoch {done}; branch from a checkpoint written before "
+                          "compression starts")
     differ = sorted(k for k in ours if theirs[k] != ours[k]
-                    and k not in BRANCH_FREE_KEYS and not k.startswith("quant."))
+                    and k not in BRANCH_FREE_KEYS and not _from_switch(k))
     if differ:
         raise ConfigError(f"{source} was trained with other values of {', '.join(differ)}; "
-                          "a branch may change only quant.*, train.epochs and where it writes")
+                          "a branch may change only quant.*, loss.alpha_compressed, "
+                          "train.epochs and where it writes")
 
 
 def checkpoint_state(cfg: Config, cohort, epoch: int, step: int = 0, rng: dict | None = None,

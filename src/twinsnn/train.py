@@ -31,7 +31,7 @@ from .distributed import World, join, leave, synchronize_batchnorm
 from .errors import ConfigError, Interrupted
 from .evaluate import evaluate
 from .graphs import GraphedStep
-from .losses import Strategy, strategy_from_config
+from .losses import Strategy, alpha_at, strategy_from_config
 from .run import RunFolder, StopSignal, checkpoint_state
 from .runtime import configure, resolve_device
 
@@ -258,12 +258,13 @@ def summary_line(record: dict) -> str:
 
 def run_epoch(t: Training, epoch: int, state: dict | None = None) -> dict:
     """Epoch ``epoch`` of the paper's procedure: compression on from ``quant.start_epoch``
-    (with ``quant.lr_at_switch`` set there), a pass over the training set, the schedule,
+    (with ``quant.lr_at_switch`` set there, and ``loss.alpha_compressed`` from there), a pass over the training set, the schedule,
     validation (every ``train.val_every`` epochs and at the last), a metrics line and a
     checkpoint. Returns the metrics record."""
     cfg, cohort = t.cfg, t.cohort
     was_compressed = quant.is_compressed(cohort.members[0])
     compressed = quant.set_compression(cohort.members[0], cfg.quant, epoch)
+    t.strategy.alpha = alpha_at(cfg.loss, compressed)
     if t.world.active and (cohort.parallel is None or compressed != was_compressed):
         cohort.parallel = None  # the old wrapper's hooks go before the new one's are set
         cohort.parallel = t.world.parallel(cohort.members, t.train.x.device)
