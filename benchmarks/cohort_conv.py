@@ -17,18 +17,17 @@ import time
 import torch
 import torch.nn.functional as F
 
+from twinsnn.config import ModelConfig
 from twinsnn.models import cifarnet
+from twinsnn.structure import layers, shapes
 
 
 def conv_shapes(width: float, size: int = 32) -> list[tuple[int, int, int]]:
     """``(in_channels, out_channels, height)`` of every conv after the first."""
-    shapes = []
-    for i, block in enumerate(cifarnet(width=width).convs):
-        if i:
-            shapes.append((block.synapse.in_channels, block.synapse.out_channels, size))
-        if not isinstance(block.pool, torch.nn.Identity):
-            size //= 2
-    return shapes
+    model = cifarnet(ModelConfig(width=width), 10, 3, (size, size))
+    sizes = shapes(model, (3, size, size))
+    return [(n.module.synapse.in_channels, n.module.synapse.out_channels, sizes[n.inputs[0]][-2])
+            for n in layers(model)[1:] if isinstance(n.module.synapse, torch.nn.Conv2d)]
 
 
 def _median_ms(fn, repeats: int = 5) -> float:

@@ -18,9 +18,10 @@ from pathlib import Path
 import torch
 
 from twinsnn.data import build_data
-from twinsnn.evaluate import load_for_eval, load_network
-from twinsnn.fold import fold_blocks
+from twinsnn.inference import load_for_eval, load_network
+from twinsnn.fold import fold_layers
 from twinsnn.integer import integer_model
+from twinsnn.losses import logits_of
 from twinsnn.nir import read_graph, write_graph
 from twinsnn.data.transforms import Preprocess
 from twinsnn.runtime import place
@@ -41,14 +42,15 @@ def main() -> None:
         for fold in ("neurons", "weights"):
             forms[f"nir_{fold}"] = read_graph(write_graph(model, meta, Path(folder) / f"{fold}.nir",
                                                           fold))[0]
-    if all(f.compressed for f in fold_blocks(model)[1:]):
+    if all(f.compressed for f in list(fold_layers(model).values())[1:]):
         forms["integer"] = integer_model(model)
     result, logits = {"samples": len(x)}, {}
     for name, net in forms.items():
         net = place(net, cfg.train, torch.device("cpu")).eval()
         t0 = time.perf_counter()
         with torch.no_grad():
-            logits[name] = torch.cat([net(preprocess(x[i:i + 1000])) for i in range(0, len(x), 1000)])
+            logits[name] = torch.cat([logits_of(net(preprocess(x[i:i + 1000])))
+                                      for i in range(0, len(x), 1000)])
         pred = logits[name].argmax(1)
         result[name] = {"accuracy": (pred == y).float().mean().item(),
                         "predictions_differing": int((pred != logits["checkpoint"].argmax(1)).sum()),

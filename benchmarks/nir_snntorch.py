@@ -22,17 +22,19 @@ import nir
 import torch
 
 from twinsnn.data import build_data
-from twinsnn.evaluate import load_for_eval, load_network
+from twinsnn.inference import load_for_eval, load_network
+from twinsnn.losses import logits_of
 from twinsnn.nir import read_graph, to_graph
 from twinsnn.data.transforms import Preprocess
 
 
 def without_readout(graph: nir.NIRGraph) -> tuple[nir.NIRGraph, float]:
     """The graph ending at the output layer's currents, and the readout's decay."""
-    readout = graph.nodes["readout"]
+    readout = graph.nodes["out.li"]
     decay = float(1 - json.loads(graph.metadata["twinsnn"])["dt"] / readout.tau[0])
-    nodes = {k: v for k, v in graph.nodes.items() if k != "readout"}
-    edges = [(a, b) for a, b in graph.edges if "readout" not in (a, b)] + [("out", "output")]
+    nodes = {k: v for k, v in graph.nodes.items() if k != "out.li"}
+    edges = [(a, b) for a, b in graph.edges if "out.li" not in (a, b)] + [("out.synapse",
+                                                                           "output")]
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=graph.metadata), decay
 
 
@@ -78,8 +80,8 @@ def main() -> None:
     x = Preprocess(data, False, False)(data.test.x[: args.samples])
     reader, _ = read_graph_from(graph)
     with torch.no_grad():
-        want = torch.cat([model(x[i:i + 1000]) for i in range(0, len(x), 1000)])
-        ours = torch.cat([reader(x[i:i + 1000]) for i in range(0, len(x), 1000)])
+        want = torch.cat([logits_of(model(x[i:i + 1000])) for i in range(0, len(x), 1000)])
+        ours = torch.cat([logits_of(reader(x[i:i + 1000])) for i in range(0, len(x), 1000)])
     t0 = time.perf_counter()
     try:
         theirs = snntorch_logits(graph, x, cfg.model.timesteps)

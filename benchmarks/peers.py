@@ -20,8 +20,9 @@ Both peers get the neuron of paper eq. 1 exactly: ``u[t] = 0.5 * u[t-1] * (1 - s
   same function. The readout is ``Leaky(beta=0.5, reset_mechanism="none")`` and its membrane.
 
 Dropout is time-shared in all three: one mask per sample reused at every timestep. Like
-twinsnn's ``SpikingCNN``, each peer has ``potentials(x)`` (the output potentials ``[T, B, K]``)
-and ``forward(x)`` (their sum over T, the logits), so ``twinsnn.train.train_step`` trains it.
+twinsnn's networks, each peer's ``forward(x)`` gives the output potentials ``[T, B, K]``, so
+``twinsnn.train.train_step`` trains it. The layout is read from the reference network's
+structure (``twinsnn.structure``).
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ import functools
 import torch
 from torch import nn
 
-from twinsnn.models import SpikingCNN
+from twinsnn.structure import SpikingNetwork, layers, readout
 
 THRESHOLD = 1.0
 DECAY = 0.5
@@ -54,13 +55,19 @@ def boxcar(x: torch.Tensor) -> torch.Tensor:
     return Boxcar.apply(x)
 
 
-def _layout(model: SpikingCNN):
-    """``(conv channels, pool after each conv, fc sizes, flat features, dropout p)``."""
-    convs = [(b.synapse.in_channels, b.synapse.out_channels, not isinstance(b.pool, nn.Identity))
-             for b in model.convs]
-    fcs = [(b.synapse.in_features, b.synapse.out_features) for b in model.fcs]
-    dropout = model.fcs[0].dropout.p if model.fcs else 0.0
-    return convs, fcs, model.out.in_features, model.out.out_features, dropout
+def _layout(model: SpikingNetwork):
+    """``(convs, fcs, readout, dropout p)``: ``(in, out, pooled after, block)`` of each conv
+    layer, ``(in, out, block)`` of each fully connected one, the readout ``nn.Linear``."""
+    pooled = {node.inputs[0] for node in model.nodes if node.kind == "pool"}
+    convs, fcs = [], []
+    for node in layers(model):
+        s = node.module.synapse
+        if isinstance(s, nn.Conv2d):
+            convs.append((s.in_channels, s.out_channels, node.name in pooled, node.module))
+        else:
+            fcs.append((s.in_features, s.out_features, node.module))
+    dropout = next((node.module.p for node in model.nodes if node.kind == "dropout"), 0.0)
+    return convs, fcs, readout(model).module, dropout
 
 
 def _load(dst: nn.Module, src: nn.Module) -> None:
@@ -73,15 +80,16 @@ def _copy_block(dst_syn, dst_norm, block):
 
 
 class SpikingJellyCIFARNet(nn.Module):
-    """Multi-step SpikingJelly network; ``forward(x [B,C,H,W])`` returns logits ``[B, K]``."""
+    """Multi-step SpikingJelly network; ``forward(x [B,C,H,W])`` returns the output
+    potentials ``[T, B, K]``."""
 
-    def __init__(self, reference: SpikingCNN, native: bool = False):
+    def __init__(self, reference: SpikingNetwork, native: bool = False):
         super().__init__()
         from spikingjelly.activation_based import functional, layer, neuron, surrogate
 
         self._functional = functional
         self.timesteps = reference.timesteps
-        convs, fcs, features, classes, p = _layout(reference)
+        convs, fcs, reference_out, p = _layout(reference)
 
         def lif(**kw):
             return neuron.LIFNode(tau=2.0, decay_input=False, v_threshold=THRESHOLD,
@@ -89,19 +97,19 @@ class SpikingJellyCIFARNet(nn.Module):
                                   surrogate_function=surrogate.ATan() if native else boxcar, **kw)
 
         blocks = []
-        for (cin, cout, pool), ref in zip(convs, reference.convs):
+        for cin, cout, pool, ref in convs:
             conv = layer.Conv2d(cin, cout, 3, padding=1, bias=False, step_mode="m")
             norm = layer.BatchNorm2d(cout, step_mode="m")
             _copy_block(conv, norm, ref)
             blocks += [conv, norm, lif()] + ([layer.AvgPool2d(2, step_mode="m")] if pool else [])
         blocks.append(layer.Flatten(step_mode="m"))
-        for (fin, fout), ref in zip(fcs, reference.fcs):
+        for fin, fout, ref in fcs:
             linear = layer.Linear(fin, fout, bias=False, step_mode="m")
             norm = layer.BatchNorm1d(fout, step_mode="m")
             _copy_block(linear, norm, ref)
             blocks += [linear, norm, lif(), layer.Dropout(p, step_mode="m")]
-        out = layer.Linear(features, classes, step_mode="m")
-        _load(out, reference.out)
+        out = layer.Linear(reference_out.in_features, reference_out.out_features, step_mode="m")
+        _load(out, reference_out)
         self.features = nn.Sequential(*blocks, out)
         # never fires: integrates (1 - 1/tau) * v + x = readout_decay * v + x (the native
         # kernels take finite thresholds only; a [T, B, classes] readout costs nothing)
@@ -109,36 +117,33 @@ class SpikingJellyCIFARNet(nn.Module):
                                       decay_input=False, v_threshold=float("inf"), v_reset=0.0,
                                       surrogate_function=boxcar, step_mode="m", store_v_seq=True)
 
-    def potentials(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._functional.reset_net(self)
         x_seq = x.unsqueeze(0).expand(self.timesteps, *x.shape)
         self.readout(self.features(x_seq))
         return self.readout.v_seq
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.potentials(x).sum(0)
-
 
 class SnnTorchCIFARNet(nn.Module):
-    """snnTorch network stepped in a Python loop over T; ``forward(x [B,C,H,W])`` returns
-    logits ``[B, K]``."""
+    """snnTorch network stepped in a Python loop over T; ``forward(x [B,C,H,W])`` returns the
+    output potentials ``[T, B, K]``."""
 
-    def __init__(self, reference: SpikingCNN):
+    def __init__(self, reference: SpikingNetwork):
         super().__init__()
         import snntorch as snn
 
         self.timesteps = reference.timesteps
-        convs, fcs, features, classes, p = _layout(reference)
+        convs, fcs, reference_out, p = _layout(reference)
         self.p = p
         self.convs, self.conv_norms, self.pools = nn.ModuleList(), nn.ModuleList(), []
-        for (cin, cout, pool), ref in zip(convs, reference.convs):
+        for cin, cout, pool, ref in convs:
             conv, norm = nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout)
             _copy_block(conv, norm, ref)
             self.convs.append(conv)
             self.conv_norms.append(norm)
             self.pools.append(pool)
         self.fcs, self.fc_norms = nn.ModuleList(), nn.ModuleList()
-        for (fin, fout), ref in zip(fcs, reference.fcs):
+        for fin, fout, ref in fcs:
             linear, norm = nn.Linear(fin, fout, bias=False), nn.BatchNorm1d(fout)
             _copy_block(linear, norm, ref)
             self.fcs.append(linear)
@@ -146,12 +151,12 @@ class SnnTorchCIFARNet(nn.Module):
         self.lifs = nn.ModuleList(
             snn.Leaky(beta=DECAY, threshold=THRESHOLD, spike_grad=boxcar, reset_mechanism="zero")
             for _ in range(len(convs) + len(fcs)))
-        self.out = nn.Linear(features, classes)
-        _load(self.out, reference.out)
+        self.out = nn.Linear(reference_out.in_features, reference_out.out_features)
+        _load(self.out, reference_out)
         self.readout = snn.Leaky(beta=reference.readout_decay, threshold=THRESHOLD,
                                  spike_grad=boxcar, reset_mechanism="none")
 
-    def potentials(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         mems = [lif.reset_mem() for lif in self.lifs]
         mem_out = self.readout.reset_mem()
         masks = [None] * len(self.fcs)
@@ -176,9 +181,6 @@ class SnnTorchCIFARNet(nn.Module):
             _, mem_out = self.readout(self.out(h), mem_out)
             potentials.append(mem_out)
         return torch.stack(potentials)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.potentials(x).sum(0)
 
 
 PEERS = {"spikingjelly": SpikingJellyCIFARNet, "snntorch": SnnTorchCIFARNet,

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -41,16 +42,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from twinsnn.analysis import dense_macs
 from twinsnn.cohort import Cohort, build_cohort, optimization
 from twinsnn.config import ModelConfig, load_config
 from twinsnn.data import DataSplits, Dataset
 from twinsnn.losses import strategy_from_config
-from twinsnn.models import cifarnet
+from twinsnn.models import build_model, cifarnet
 from twinsnn.neurons import set_kernel
 from twinsnn.run import code_version, cpu_info
 from twinsnn.runtime import configure, retain_freed_memory
-from twinsnn.graphs import GraphedStep, WARMUP_STEPS
-from twinsnn.train import make_step
+from twinsnn.graphs import GraphedStep, WARMUP_STEPS, make_step
+from twinsnn.structure import layers, readout, shapes
 
 CLASSES = 10
 MODES = ("single", "tna")
@@ -216,7 +218,9 @@ def build_step(cfg, impl: Impl, data: DataSplits):
     replayed from a CUDA graph."""
     device, _ = configure(cfg.train)
     strategy = strategy_from_config(cfg.loss)
-    cohort = build_cohort(cfg, data, strategy, device)
+    factory = functools.partial(build_model, cfg.model, data.num_classes, data.in_channels,
+                                data.image_size)
+    cohort = build_cohort(cfg, factory, strategy, device)
     if impl.kernel:
         for member in cohort.members:
             set_kernel(member, impl.kernel)
@@ -252,7 +256,7 @@ def threaded_step(cohort: Cohort, strategy, train_cfg, x, y):
     def step():
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
-        outputs = list(pool.map(lambda m: m.potentials(x), cohort.members))
+        outputs = list(pool.map(lambda m: m(x), cohort.members))
         leaves = [out.detach().requires_grad_() for out in outputs]
         strategy(leaves, y)[0].backward()
         list(pool.map(backward, range(len(outputs)), outputs, [leaf.grad for leaf in leaves]))
@@ -293,19 +297,14 @@ def train_flops(width: float, timesteps: int, image: tuple[int, int, int]) -> fl
     needs only its weight gradient. BatchNorm, LIF, pooling and the optimizer are not counted.
     """
     model = cifarnet(ModelConfig(width=width, timesteps=timesteps), CLASSES, image[0], image[1:])
-    (height, width_px), first, forward, backward = image[1:], True, 0.0, 0.0
-    for block in model.convs:
-        conv = block.synapse
-        flops = 2.0 * conv.in_channels * conv.out_channels * 9 * height * width_px
+    sizes, forward, backward = shapes(model, image), 0.0, 0.0
+    for node in layers(model) + [readout(model)]:
+        synapse = node.module.synapse if node.kind == "layer" else node.module
+        flops = 2.0 * dense_macs(synapse, sizes[f"{node.name}.synapse" if node.kind == "layer"
+                                              else node.name])
+        first = node.inputs[0] == "input"
         forward += flops if first else flops * timesteps
         backward += flops if first else 2 * flops * timesteps
-        first = False
-        if not isinstance(block.pool, torch.nn.Identity):
-            height, width_px = height // 2, width_px // 2
-    for linear in [b.synapse for b in model.fcs] + [model.out]:
-        flops = 2.0 * linear.in_features * linear.out_features * timesteps
-        forward += flops
-        backward += 2 * flops
     return forward + backward
 
 

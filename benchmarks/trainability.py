@@ -9,6 +9,7 @@ Writes docs/trainability.json and prints a table. Uses real Fashion-MNIST traini
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import time
@@ -21,7 +22,8 @@ from twinsnn.cohort import build_cohort
 from twinsnn.config import load_config
 from twinsnn.data import build_data
 from twinsnn.data.transforms import Preprocess
-from twinsnn.losses import strategy_from_config
+from twinsnn.losses import logits_of, strategy_from_config
+from twinsnn.models import build_model
 from twinsnn.train import train_step
 
 
@@ -30,7 +32,9 @@ def probe(fc_norm: str, steps: int, width: float, batch: int, seed: int) -> dict
                                      "train.lr": 0.01, "seed": seed, "train.compile": False})
     data = build_data(cfg.data, cfg.model.timesteps)
     strategy = strategy_from_config(cfg.loss)
-    cohort = build_cohort(cfg, data, strategy, torch.device("cpu"))
+    factory = functools.partial(build_model, cfg.model, data.num_classes, data.in_channels,
+                                data.image_size)
+    cohort = build_cohort(cfg, factory, strategy, torch.device("cpu"))
     net = cohort.members[0]
     prep = Preprocess(data, augment=True)
     gen = torch.Generator().manual_seed(seed)

@@ -89,7 +89,7 @@ def trained_runs(tmp_path_factory) -> dict:
     from filelock import FileLock
 
     from twinsnn.config import load_config
-    from twinsnn.train import fit
+    from twinsnn.api import fit
 
     if fashion_mnist.locate(None) is None:
         pytest.skip("real Fashion-MNIST not installed")
@@ -102,9 +102,9 @@ def trained_runs(tmp_path_factory) -> dict:
         if not (runs["ternary"] / "model.safetensors").exists():
             common = [f"out_dir={out}", "model.width=0.0625", "data.train_limit=2000",
                       "data.val_size=500", "train.compile=false"]
-            fit(load_config("fmnist-cpu", common + ["name=fp", "train.epochs=1"]),
+            fit(config=load_config("fmnist-cpu", common + ["name=fp", "train.epochs=1"]),
                 progress=False)
-            fit(load_config("fmnist-cpu-tsnn", common + [
+            fit(config=load_config("fmnist-cpu-tsnn", common + [
                 "name=ternary", "train.epochs=2", "quant.start_epoch=1", "quant.delta=0.7",
                 "quant.delta_rule=mean_abs"]), progress=False,
                 branch_from=runs["fp"] / "checkpoint.pt")

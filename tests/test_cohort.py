@@ -1,20 +1,31 @@
 """Cohorts (TNA) and KD through the real training loop, on a tiny Fashion-MNIST-format set."""
+import functools
 import json
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from twinsnn.checkpoint import load_checkpoint
+from twinsnn.api import fit
+from twinsnn.checkpoint import load_checkpoint, load_model
+from twinsnn.cohort import build_cohort
 from twinsnn.config import load_config
 from twinsnn.data import build_data
-from twinsnn.evaluate import evaluate_file
-from twinsnn.losses import strategy_from_config
-from twinsnn.cohort import build_cohort
+from twinsnn.data.feeds import TensorFeed
 from twinsnn.data.transforms import Preprocess
+from twinsnn.inference import evaluate_file
+from twinsnn.losses import strategy_from_config
+from twinsnn.models import build_model
 from twinsnn.run import RunFolder, StopSignal
-from twinsnn.train import Training, fit, train_one_epoch
+from twinsnn.train import Training, train_one_epoch, train_step
+
+
+def builtin(cfg, data):
+    """The factory of the config's built-in network for ``data``."""
+    return functools.partial(build_model, cfg.model, data.num_classes, data.in_channels,
+                             data.image_size)
 
 
 def tiny_cfg(folder, out, **extra):
@@ -26,7 +37,7 @@ def tiny_cfg(folder, out, **extra):
 
 def test_tna_run_keeps_every_member_but_ships_the_base(tiny_fmnist, tmp_path):
     cfg = tiny_cfg(tiny_fmnist, tmp_path, name="tna", strategy="tna", members=3, alpha=1e-3)
-    record = fit(cfg, progress=False)
+    record = fit(config=cfg, progress=False).record
     assert {"val_acc/0", "val_acc/1", "val_acc/2", "train_match", "train_agreement"} <= set(record)
     state = load_checkpoint(tmp_path / "tna" / "checkpoint.pt")
     assert len(state["members"]) == 3
@@ -43,32 +54,34 @@ def test_tna_run_keeps_every_member_but_ships_the_base(tiny_fmnist, tmp_path):
 def test_members_draw_independent_inits_and_dropout_masks(tiny_fmnist, tmp_path):
     cfg = tiny_cfg(tiny_fmnist, tmp_path, strategy="tna", members=2)
     data = build_data(cfg.data, cfg.model.timesteps)
-    cohort = build_cohort(cfg, data, strategy_from_config(cfg.loss), torch.device("cpu"))
+    cohort = build_cohort(cfg, builtin(cfg, data), strategy_from_config(cfg.loss),
+                          torch.device("cpu"))
     a, b = cohort.members
     assert not torch.equal(a.convs[1].synapse.weight, b.convs[1].synapse.weight)
     masks = []
     for m in cohort.members:
-        m.fcs[0].dropout.register_forward_hook(lambda mod, i, o: masks.append((o[0] == 0) & (i[0][0] != 0)))
+        m.dropouts[0].register_forward_hook(lambda mod, i, o: masks.append((o[0] == 0) & (i[0][0] != 0)))
     x = torch.randn(8, 1, 28, 28)
     cohort.outputs(x)
     assert masks[0].any() and not torch.equal(masks[0], masks[1])
 
 
 def test_kd_teacher_is_frozen_and_unchanged(tiny_fmnist, tmp_path):
-    fit(tiny_cfg(tiny_fmnist, tmp_path, name="teacher"), progress=False)
+    fit(config=tiny_cfg(tiny_fmnist, tmp_path, name="teacher"), progress=False)
     teacher_file = tmp_path / "teacher" / "model.safetensors"
     for strategy in ("kd", "kd+ce"):
         cfg = tiny_cfg(tiny_fmnist, tmp_path, strategy=strategy, teacher=str(teacher_file),
                        alpha=1e-2)
         data = build_data(cfg.data, cfg.model.timesteps)
         strat = strategy_from_config(cfg.loss)
-        cohort = build_cohort(cfg, data, strat, torch.device("cpu"))
+        teacher = load_model(teacher_file)[0]
+        cohort = build_cohort(cfg, builtin(cfg, data), strat, torch.device("cpu"), teacher)
         before = {k: v.clone() for k, v in cohort.teacher.state_dict().items()}
         student_before = cohort.members[0].convs[1].synapse.weight.clone()
         with StopSignal() as stop:
-            stats = train_one_epoch(Training(cfg, cohort, strat, data, data.train,
-                                             Preprocess(data, True), RunFolder(cfg), stop,
-                                             progress=False), 0)
+            feed = TensorFeed(data.train, Preprocess(data, True), torch.device("cpu"))
+            stats = train_one_epoch(Training(cfg, cohort, strat, feed, {}, RunFolder(cfg), stop,
+                                             partial(train_step, cohort, strat), False), 0)
         after = cohort.teacher.state_dict()
         assert all(torch.equal(before[k], after[k]) for k in before)  # BN stats too: eval mode
         assert all(p.grad is None for p in cohort.teacher.parameters())
@@ -77,9 +90,9 @@ def test_kd_teacher_is_frozen_and_unchanged(tiny_fmnist, tmp_path):
 
 
 def test_kd_teacher_must_match_the_student(tiny_fmnist, tmp_path):
-    fit(tiny_cfg(tiny_fmnist, tmp_path, name="teacher"), progress=False)
+    fit(config=tiny_cfg(tiny_fmnist, tmp_path, name="teacher"), progress=False)
     cfg = tiny_cfg(tiny_fmnist, tmp_path, strategy="kd", width=0.125,
                    teacher=str(tmp_path / "teacher" / "model.safetensors"))
     from twinsnn.errors import ConfigError
     with pytest.raises(ConfigError, match="different network"):
-        fit(cfg, progress=False)
+        fit(config=cfg, progress=False)

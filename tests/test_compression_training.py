@@ -10,9 +10,9 @@ from twinsnn.cli import main
 from twinsnn.config import load_config
 from twinsnn.data import fashion_mnist
 from twinsnn.errors import ConfigError
-from twinsnn.evaluate import evaluate_file
+from twinsnn.inference import evaluate_file
 from twinsnn.export import size_report
-from twinsnn.train import fit
+from twinsnn.api import fit
 
 
 def cfg_for(folder, out, **extra):
@@ -25,7 +25,7 @@ def cfg_for(folder, out, **extra):
 
 def test_only_the_base_is_compressed_and_only_from_start_epoch(tiny_fmnist, tmp_path):
     cfg = cfg_for(tiny_fmnist, tmp_path, name="tna-t", strategy="tna", **{"quant.lr_at_switch": 0.002})
-    fit(cfg, progress=False)
+    fit(config=cfg, progress=False)
     metrics = [json.loads(l) for l in (tmp_path / "tna-t" / "metrics.jsonl").read_text().splitlines()]
     assert [m["compressed"] for m in metrics] == [False, True]
     assert metrics[1]["lr"] == pytest.approx(0.002 * 0.928 ** (7 // 20), rel=1e-6)
@@ -46,11 +46,11 @@ def _drop_times(path):
 @pytest.mark.parametrize("mode", ["ternary", "binary"])
 def test_branching_a_full_precision_run_at_the_switch_equals_the_straight_run(tiny_fmnist, tmp_path, mode):
     straight = cfg_for(tiny_fmnist, tmp_path, name="straight", **{"quant.mode": mode})
-    fit(straight, progress=False)
+    fit(config=straight, progress=False)
     fp = cfg_for(tiny_fmnist, tmp_path, name="fp", epochs=1, **{"quant.mode": "none"})
-    fit(fp, progress=False)
+    fit(config=fp, progress=False)
     branched = cfg_for(tiny_fmnist, tmp_path, name="branched", **{"quant.mode": mode})
-    fit(branched, progress=False, branch_from=tmp_path / "fp" / "checkpoint.pt")
+    fit(config=branched, progress=False, branch_from=tmp_path / "fp" / "checkpoint.pt")
     a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
     b = load_checkpoint(tmp_path / "branched" / "checkpoint.pt")
     assert a["members"][0].keys() == b["members"][0].keys()
@@ -66,14 +66,14 @@ def test_branching_a_full_precision_run_at_the_switch_equals_the_straight_run(ti
 
 def test_resume_across_the_switch(tiny_fmnist, tmp_path):
     straight = cfg_for(tiny_fmnist, tmp_path, name="straight")
-    fit(straight, progress=False)
+    fit(config=straight, progress=False)
     interrupted = cfg_for(tiny_fmnist, tmp_path, name="resumed")
-    fit(cfg_for(tiny_fmnist, tmp_path, name="resumed", epochs=1), progress=False)
+    fit(config=cfg_for(tiny_fmnist, tmp_path, name="resumed", epochs=1), progress=False)
     state = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
     from twinsnn.config import to_flat
     state["config"] = to_flat(interrupted)  # as if the 2-epoch run had stopped after epoch 1
     torch.save(state, tmp_path / "resumed" / "checkpoint.pt")
-    fit(interrupted, resume=True, progress=False)
+    fit(config=interrupted, resume=True, progress=False)
     a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")["members"][0]
     b = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["members"][0]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -85,10 +85,10 @@ def test_resume_across_the_switch(tiny_fmnist, tmp_path):
     ({"quant.start_epoch": 0}, "differ in quant.* or loss.alpha_compressed before epoch 1"),
 ])
 def test_branching_refuses_what_would_not_equal_a_straight_run(tiny_fmnist, tmp_path, change, message):
-    fit(cfg_for(tiny_fmnist, tmp_path, name="fp", epochs=1, **{"quant.mode": "none"}), progress=False)
+    fit(config=cfg_for(tiny_fmnist, tmp_path, name="fp", epochs=1, **{"quant.mode": "none"}), progress=False)
     cfg = cfg_for(tiny_fmnist, tmp_path, name="branch", **change)
     with pytest.raises(ConfigError, match=re.escape(message)):
-        fit(cfg, progress=False, branch_from=tmp_path / "fp" / "checkpoint.pt")
+        fit(config=cfg, progress=False, branch_from=tmp_path / "fp" / "checkpoint.pt")
     assert not (tmp_path / "branch").exists()
 
 
@@ -97,7 +97,7 @@ def test_packed_model_matches_training_evaluation_on_real_fashion_mnist(tmp_path
     """On the validation split: 500 real images, where the 10,000 of the test split would
     take most of the suite's time to evaluate twice."""
     cfg = cfg_for(None, tmp_path, name="real", **{"data.train_limit": 256, "val_size": 500})
-    fit(cfg, progress=False)
+    fit(config=cfg, progress=False)
     tnn = tmp_path / "model.tnn"
     assert main(["export", str(tmp_path / "real" / "checkpoint.pt"), "-o", str(tnn)]) == 0
     assert "zero weights per compressed layer" in capsys.readouterr().out
@@ -115,17 +115,17 @@ def test_matching_weight_changes_at_the_switch(tiny_fmnist, tmp_path, before, af
     its alpha times its matching term, and a branch at the switch may change the weight."""
     cfg = cfg_for(tiny_fmnist, tmp_path, name="late", strategy="tna", alpha=before,
                   **{"loss.alpha_compressed": after})
-    fit(cfg, progress=False)
+    fit(config=cfg, progress=False)
     metrics = [json.loads(l) for l in (tmp_path / "late" / "metrics.jsonl").read_text().splitlines()]
     for record, alpha in zip(metrics, (before, after)):
         assert record["train_match_weighted"] == pytest.approx(alpha * record["train_match"],
                                                                rel=1e-5, abs=0)
     fp = cfg_for(tiny_fmnist, tmp_path, name="fp", epochs=1, strategy="tna", alpha=before,
                  **{"quant.mode": "none"})
-    fit(fp, progress=False)
+    fit(config=fp, progress=False)
     branched = cfg_for(tiny_fmnist, tmp_path, name="branched", strategy="tna", alpha=before,
                        **{"loss.alpha_compressed": after})
-    fit(branched, progress=False, branch_from=tmp_path / "fp" / "checkpoint.pt")
+    fit(config=branched, progress=False, branch_from=tmp_path / "fp" / "checkpoint.pt")
     assert _drop_times(tmp_path / "branched" / "metrics.jsonl") == \
         _drop_times(tmp_path / "late" / "metrics.jsonl")
 

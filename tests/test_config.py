@@ -30,7 +30,6 @@ def test_overrides_short_and_dotted_keys():
     ("model.dropout=1.0", "dropout"),
     ("model.decay=1.5", "\\[0, 1\\]"),
     ("noequals", "key=value"),
-    ("strategy=kd", "teacher"),
     ("precision=fp16", "must be one of fp32, bf16"),
 ])
 def test_bad_values_are_rejected_with_the_choices(override, match):

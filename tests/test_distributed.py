@@ -44,9 +44,13 @@ def train_steps(data_dir, dtype=torch.float64) -> dict:
     cuts, augments and shards them, then ``train_one_epoch`` itself for epoch 1, here or on
     every torchrun rank. Returns the loss parts of the whole batch at every step, every
     member's gradients at the first and the statistics of epoch 1."""
+    import functools
+
     from twinsnn.cohort import build_cohort, derive_seed
     from twinsnn.data import build_data
+    from twinsnn.data.feeds import TensorFeed
     from twinsnn.data.transforms import Preprocess
+    from twinsnn.models import build_model
     from twinsnn.distributed import join, leave, synchronize_batchnorm
     from twinsnn.losses import strategy_from_config
     from twinsnn.run import RunFolder, StopSignal
@@ -57,7 +61,9 @@ def train_steps(data_dir, dtype=torch.float64) -> dict:
     world = join(cpu)
     data = build_data(cfg.data, cfg.model.timesteps)
     strategy = strategy_from_config(cfg.loss)
-    cohort = build_cohort(cfg, data, strategy, cpu)
+    factory = functools.partial(build_model, cfg.model, data.num_classes, data.in_channels,
+                                data.image_size)
+    cohort = build_cohort(cfg, factory, strategy, cpu)
     for member in cohort.members:
         member.to(dtype)  # in place: the optimizer keeps its parameters
     if world.active:
@@ -81,9 +87,9 @@ def train_steps(data_dir, dtype=torch.float64) -> dict:
         losses.append(world.sum(torch.stack([parts[k].detach() for k in names])).tolist())
         if step == 0:
             grads = [[p.grad.clone() for p in m.parameters()] for m in cohort.members]
-    t = Training(cfg, cohort, strategy, data, data.train,
-                 lambda x, g=None: preprocess(x, g).to(dtype), RunFolder(cfg, writer=False),
-                 StopSignal(), False, world)
+    feed = TensorFeed(data.train, lambda x, g=None: preprocess(x, g).to(dtype), cpu)
+    t = Training(cfg, cohort, strategy, feed, {}, RunFolder(cfg, writer=False), StopSignal(),
+                 functools.partial(train_step, cohort, strategy), False, world)
     stats = train_one_epoch(t, 1)
     leave(world, cohort)
     return {"losses": losses, "grads": grads, "epoch": stats}

@@ -54,7 +54,7 @@ def file_tensor_bytes(path):
                                                 ("binary", "none", "batchnorm")])
 def test_round_trip_forward_is_bitwise_equal(tmp_path, mode, scale, fc_norm):
     model = trained_like(mode, scale, fc_norm)
-    path = export_packed(model, dict(META, fc_norm=fc_norm), tmp_path / "m.safetensors")
+    path = export_packed(model, tmp_path / "m.safetensors", dict(META, fc_norm=fc_norm))
     loaded, meta = load_packed(path)
     assert meta["dataset"] == "fashion-mnist" and meta["std"] == [0.3530]
     assert not loaded.training
@@ -74,7 +74,7 @@ def test_round_trip_forward_is_bitwise_equal(tmp_path, mode, scale, fc_norm):
 def test_export_records_the_threshold_rule_and_its_values(tmp_path, rule, per, delta):
     model = trained_like()
     compress(model, "ternary", delta, delta_rule=rule, delta_per=per)
-    path = export_packed(model, META, tmp_path / "m.tnn")
+    path = export_packed(model, tmp_path / "m.tnn", META)
     with safe_open(str(path), framework="pt") as f:
         layers = json.loads(f.metadata()["twinsnn"])["layers"]
     for name, entry in layers.items():
@@ -92,18 +92,22 @@ def test_export_records_the_threshold_rule_and_its_values(tmp_path, rule, per, d
 def test_model_kwargs_may_sit_under_model_key(tmp_path):
     model = trained_like()
     meta = {"model": dict(arch="cifarnet", **KWARGS), "data": {"name": "fashion-mnist"}}
-    loaded, got = load_packed(export_packed(model, meta, tmp_path / "m.safetensors"))
+    loaded, got = load_packed(export_packed(model, tmp_path / "m.safetensors", meta))
     assert got == json.loads(json.dumps(meta))
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
-    with pytest.raises(ValueError):
-        export_packed(model, {"width": 1.0}, tmp_path / "n.safetensors")
+    bare = export_packed(model, tmp_path / "n.safetensors", {"width": 1.0})  # no arch
+    with pytest.raises(CheckpointError, match="a network of your own"):
+        load_packed(bare)
+    into, _ = load_packed(bare, model=cifarnet(ModelConfig(width=0.125), 10, 1, (28, 28)))
+    with torch.no_grad():
+        assert torch.equal(into(x), model(x))
 
 
 def test_packed_sizes_on_disk(tmp_path):
     model = trained_like()
-    path = export_packed(model, META, tmp_path / "m.safetensors")
+    path = export_packed(model, tmp_path / "m.safetensors", META)
     on_disk = file_tensor_bytes(path)
     for name in ["convs.1.synapse", "convs.4.synapse", "fcs.0.synapse", "fcs.1.synapse"]:
         numel = model.get_submodule(name).weight.numel()
@@ -124,7 +128,7 @@ def test_packed_sizes_on_disk(tmp_path):
 
 def test_binary_takes_one_bit(tmp_path):
     model = trained_like("binary")
-    path = export_packed(model, META, tmp_path / "m.safetensors")
+    path = export_packed(model, tmp_path / "m.safetensors", META)
     numel = model.fcs[0].synapse.weight.numel()
     assert file_tensor_bytes(path)["fcs.0.synapse.weight_codes"] == math.ceil(numel / 8)
 
@@ -132,7 +136,7 @@ def test_binary_takes_one_bit(tmp_path):
 def test_export_is_atomic_and_leaves_no_temp(tmp_path):
     path = tmp_path / "m.safetensors"
     path.write_bytes(b"old")
-    export_packed(trained_like(), META, path)
+    export_packed(trained_like(), path, META)
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
     load_packed(path)
 
@@ -140,7 +144,7 @@ def test_export_is_atomic_and_leaves_no_temp(tmp_path):
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     path = tmp_path_factory.mktemp("export") / "m.safetensors"
-    export_packed(trained_like(), META, path)
+    export_packed(trained_like(), path, META)
     with safe_open(str(path), framework="pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
         metadata = f.metadata()

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from twinsnn.errors import CheckpointError, ConfigError
-from twinsnn.fold import FoldedBlock, batchnorm_affine, codes_and_scale, fold_blocks
+from twinsnn.fold import FoldedBlock, batchnorm_affine, codes_and_scale, fold_layers
 from twinsnn.integer import IntegerLIF, decay_shift, integer_model, thresholds
 from twinsnn.neurons import lif
 
@@ -57,10 +57,11 @@ def test_codes_and_scale_recognizes_only_scaled_codes():
 
 def test_compressed_blocks_keep_codes_and_flip_signs_for_negative_scales(spread_net):
     model = spread_net()
-    folded = fold_blocks(model)
+    folded = fold_layers(model)
+    assert list(folded) == [f"convs.{i}" for i in range(5)] + ["fcs.0", "fcs.1"]
+    folded, blocks = list(folded.values()), list(model.convs) + list(model.fcs)
     assert not folded[0].compressed and all(f.compressed for f in folded[1:])
     assert [f.sums_pool for f in folded] == [False, False, True, True, False, False, False]
-    blocks = list(model.convs) + list(model.fcs)
     for block, f in zip(blocks[1:], folded[1:]):
         assert set(f.weight.unique().tolist()) <= {-1.0, 0.0, 1.0}
         assert (f.gain > 0).all()
@@ -77,11 +78,10 @@ def test_compressed_blocks_keep_codes_and_flip_signs_for_negative_scales(spread_
 def test_folded_block_reproduces_the_current(spread_net):
     """gain * (V z) + shift equals BatchNorm(conv(x)) for spikes x, with z the pool's sum."""
     model = spread_net()
-    folded = fold_blocks(model)
-    block, f = model.convs[2], folded[2]
+    block, f = model.convs[2], fold_layers(model)["convs.2"]
     spikes = (torch.rand(4, model.convs[1].synapse.out_channels, 28, 28) < 0.3).float()
     with torch.no_grad():
-        want = block.norm(block.synapse(model.convs[1].pool(spikes)))
+        want = block.norm(block.synapse(nn.functional.avg_pool2d(spikes, 2)))
         z = nn.functional.avg_pool2d(spikes, 2, divisor_override=1).double()
         sums = nn.functional.conv2d(z, f.weight, padding=1)
     got = f.gain.view(-1, 1, 1) * sums + f.shift.view(-1, 1, 1)
@@ -135,6 +135,7 @@ def test_integer_model_matches_the_float_model(spread_net, mode, scale):
     x = torch.randn(8, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(net(x), model(x))
+    assert all(p.divisor_override == 1 for p in net.pools)  # they feed compressed layers
     assert model.convs[1].norm is not nn.Identity  # the original is untouched
 
 

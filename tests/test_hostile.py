@@ -37,7 +37,7 @@ from twinsnn.config import Config, ModelConfig, to_flat
 from twinsnn.data import cifar10_dvs, idx
 from twinsnn.data.cifar import parse_batch
 from twinsnn.errors import CheckpointError, ConfigError, DataError, TwinsnnError
-from twinsnn.evaluate import load_for_eval
+from twinsnn.inference import load_for_eval
 from twinsnn.export import METADATA_KEY, export_packed
 from twinsnn.models import cifarnet
 from twinsnn.quant import compress
@@ -148,7 +148,7 @@ def _write_seeds(folder: Path) -> dict:
     checkpoint.save_model(folder / "model.safetensors", model, META)
     packed = tiny_model()
     compress(packed, "ternary", 0.1)
-    export_packed(packed, META, folder / "model.tnn")
+    export_packed(packed, folder / "model.tnn", META)
     write_idx_gz(folder / "idx.gz", np.arange(60, dtype=np.uint8).reshape(3, 4, 5))
     write_archive(folder / "cifar.tar.gz", "cifar-10-batches-py", small_members())
     write_aedat(folder / "rec.aedat", recording(3, 18))
@@ -361,7 +361,7 @@ MEMORY_PROBE = textwrap.dedent("""
     import json, resource, sys
     from pathlib import Path
     from twinsnn.errors import TwinsnnError
-    from twinsnn.evaluate import load_for_eval
+    from twinsnn.inference import load_for_eval
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
     vm = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
     soft = vm + (3 << 30)  # a reader that did allocate fails here instead of exhausting RAM

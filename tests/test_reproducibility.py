@@ -18,7 +18,7 @@ from twinsnn.checkpoint import atomic_write, load_checkpoint
 from twinsnn.config import load_config
 from twinsnn.errors import TrainingError, TwinsnnError, WriteError
 from twinsnn.run import cpu_info
-from twinsnn.train import fit
+from twinsnn.api import fit
 
 
 @pytest.fixture(autouse=True)
@@ -46,7 +46,7 @@ def weights(run) -> dict:
 def test_same_config_and_seed_give_bitwise_identical_weights(tmp_path, tiny_fmnist):
     runs = tmp_path / "runs"
     for name, seed in (("a", 0), ("b", 0), ("other-seed", 1)):
-        fit(tiny(tiny_fmnist, runs, name, **{"train.seed": seed, "train_limit": 64}),
+        fit(config=tiny(tiny_fmnist, runs, name, **{"train.seed": seed, "train_limit": 64}),
             progress=False)
     a, b, other = (weights(runs / name) for name in ("a", "b", "other-seed"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -60,7 +60,7 @@ def test_same_config_and_seed_give_bitwise_identical_weights(tmp_path, tiny_fmni
 def test_bf16_training_is_deterministic_and_differs_from_fp32(tmp_path, tiny_fmnist):
     runs = tmp_path / "runs"
     for name, precision in (("fp32", "fp32"), ("bf16", "bf16"), ("bf16-again", "bf16")):
-        fit(tiny(tiny_fmnist, runs, name, **{"train.precision": precision, "epochs": 1,
+        fit(config=tiny(tiny_fmnist, runs, name, **{"train.precision": precision, "epochs": 1,
                                              "train_limit": 64}), progress=False)
     fp32, bf16, again = (weights(runs / name) for name in ("fp32", "bf16", "bf16-again"))
     assert all(v.dtype == fp32[k].dtype for k, v in bf16.items())  # weights stay float32
@@ -71,7 +71,7 @@ def test_bf16_training_is_deterministic_and_differs_from_fp32(tmp_path, tiny_fmn
 def test_nan_in_the_first_epoch_stops_without_writing_a_model(tmp_path, tiny_fmnist):
     cfg = tiny(tiny_fmnist, tmp_path / "runs", "diverges", **{"train.lr": 1e37})
     with pytest.raises(TrainingError, match=r"loss is not finite at epoch 0 step \d+") as err:
-        fit(cfg, progress=False)
+        fit(config=cfg, progress=False)
     assert "no checkpoint had been written yet" in str(err.value)
     run = tmp_path / "runs" / "diverges"
     assert not (run / "model.safetensors").exists() and not (run / "checkpoint.pt").exists()
@@ -83,7 +83,7 @@ def test_nan_after_a_good_epoch_keeps_its_checkpoint(tmp_path, tiny_fmnist):
         "train.lr_step_unit": "epoch", "train.lr_step_size": 1, "train.lr_gamma": 1e38})
     run = tmp_path / "runs" / "diverges-later"
     with pytest.raises(TrainingError, match=r"loss is not finite at epoch 1 step \d+") as err:
-        fit(cfg, progress=False)
+        fit(config=cfg, progress=False)
     assert f"the last good checkpoint {run / 'checkpoint.pt'} is kept" in str(err.value)
     state = load_checkpoint(run / "checkpoint.pt")
     assert state["epoch"] == 1 and state["step"] == 0
@@ -109,7 +109,7 @@ def test_non_finite_weights_are_never_checkpointed(tmp_path, tiny_fmnist, monkey
     monkeypatch.setattr(torch.optim.Adam, "step", overflowing)
     run = tmp_path / "runs" / "poisoned"
     with pytest.raises(TrainingError, match="the weights are not finite at epoch 0 step 4"):
-        fit(tiny(tiny_fmnist, tmp_path / "runs", "poisoned"), progress=False)
+        fit(config=tiny(tiny_fmnist, tmp_path / "runs", "poisoned"), progress=False)
     assert not (run / "checkpoint.pt").exists() and not (run / "model.safetensors").exists()
 
 
@@ -127,7 +127,7 @@ def test_unwritable_output_folder_is_refused_before_anything_loads(tmp_path, cap
     out = tmp_path / "afile" / "runs"
     cfg = tiny(tmp_path / "no-data", out, "run")
     with pytest.raises(TwinsnnError, match="cannot write to run folder") as err:
-        fit(cfg, progress=False)
+        fit(config=cfg, progress=False)
     assert str(out / "run") in str(err.value)
     proc = cli(capsys, "train", "--data-dir", tmp_path / "no-data", "--out-dir", out)
     assert_one_line_error(proc, "cannot write to run folder", str(out))
@@ -172,7 +172,7 @@ def test_written_files_follow_the_umask(tmp_path, umask):
     try:
         save_checkpoint(tmp_path / "checkpoint.pt", {"members": [model.state_dict()]})
         save_model(tmp_path / "model.safetensors", model, meta)
-        export_packed(model, meta, tmp_path / "model.tnn")
+        export_packed(model, tmp_path / "model.tnn", meta)
         cifar10_dvs.write_cache(tmp_path / "cache.bin", {"recordings": 1},
                                 np.zeros((1, 2, 2, 4, 4), np.float16), np.zeros(1, np.int64))
         atomic_write(tmp_path / "run.json", lambda tmp: open(tmp, "w").write("{}\n"))
@@ -278,7 +278,7 @@ def platform_key() -> str:
 def run_digests(data_dir, out_dir) -> dict:
     digests = {}
     for name, overrides in GOLDEN_RUNS.items():
-        fit(tiny(data_dir, out_dir, name, **GOLDEN_UNFUSED, **overrides), progress=False)
+        fit(config=tiny(data_dir, out_dir, name, **GOLDEN_UNFUSED, **overrides), progress=False)
         tensors = weights(out_dir / name)
         metrics = [{k: v for k, v in json.loads(line).items()
                     if k not in ("epoch_time_s", "samples_per_s")}
@@ -313,7 +313,7 @@ def test_validation_every_other_epoch_logs_it_there_and_at_the_end_and_trains_th
     validates every epoch."""
     runs = tmp_path / "runs"
     for name, every in (("every", 1), ("other", 2)):
-        fit(tiny(tiny_fmnist, runs, name, **{"train.epochs": 3, "train.val_every": every}),
+        fit(config=tiny(tiny_fmnist, runs, name, **{"train.epochs": 3, "train.val_every": every}),
             progress=False)
     logged = [json.loads(line) for line in (runs / "other" / "metrics.jsonl").read_text()
               .splitlines()]

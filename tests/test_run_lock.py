@@ -16,7 +16,7 @@ from test_reproducibility import tiny
 from twinsnn.checkpoint import load_checkpoint
 from twinsnn.errors import TwinsnnError
 from twinsnn.run import RunLock
-from twinsnn.train import fit
+from twinsnn.api import fit
 
 
 def _start(args, cwd) -> subprocess.Popen:
@@ -88,7 +88,7 @@ def test_the_lock_excludes_a_second_holder_in_the_same_process(tmp_path):
 
 def test_fit_in_a_thread_stops_on_its_callback_and_resumes_bitwise(tmp_path, tiny_fmnist):
     runs = tmp_path / "runs"
-    fit(tiny(tiny_fmnist, runs, "straight", **{"train.epochs": 3}), progress=False)
+    fit(config=tiny(tiny_fmnist, runs, "straight", **{"train.epochs": 3}), progress=False)
     seen, result = [], {}
 
     def stop_after_first(record):
@@ -96,8 +96,8 @@ def test_fit_in_a_thread_stops_on_its_callback_and_resumes_bitwise(tmp_path, tin
         return record["epoch"] == 0
 
     def train():
-        result["record"] = fit(tiny(tiny_fmnist, runs, "stopped", **{"train.epochs": 3}),
-                               progress=False, on_epoch_end=stop_after_first)
+        result["record"] = fit(config=tiny(tiny_fmnist, runs, "stopped", **{"train.epochs": 3}),
+                               progress=False, on_epoch_end=stop_after_first).record
 
     thread = threading.Thread(target=train)
     thread.start()
@@ -107,6 +107,6 @@ def test_fit_in_a_thread_stops_on_its_callback_and_resumes_bitwise(tmp_path, tin
     assert "val_acc/0" in seen[0]
     assert load_checkpoint(run / "checkpoint.pt")["epoch"] == 1
     assert not (run / "model.safetensors").exists()
-    fit(tiny(tiny_fmnist, runs, "stopped", **{"train.epochs": 3}), resume=True, progress=False)
+    fit(config=tiny(tiny_fmnist, runs, "stopped", **{"train.epochs": 3}), resume=True, progress=False)
     a, b = (load_file(str(runs / name / "model.safetensors")) for name in ("straight", "stopped"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -2,7 +2,7 @@
 import json
 
 from twinsnn.cli import main
-from twinsnn.evaluate import evaluate_file
+from twinsnn.inference import evaluate_file
 from twinsnn.report import differing_keys, load_run, summarize
 from twinsnn.sweep import grid
 

@@ -16,7 +16,8 @@ from twinsnn.data.transforms import Preprocess
 from twinsnn.graphs import WARMUP_STEPS
 from twinsnn.losses import strategy_from_config
 from twinsnn.run import checkpoint_state, restore
-from twinsnn.train import make_step
+from twinsnn.graphs import make_step
+from twinsnn.models import build_model
 
 from benchmarks.train_step import random_data
 
@@ -48,7 +49,7 @@ def cohort_and_step(device, **sets):
                                      "train.device": device.type, **sets})
     data = random_data(BATCH, (1, 28, 28))
     strategy = strategy_from_config(cfg.loss)
-    cohort = build_cohort(cfg, data, strategy, device)
+    cohort = build_cohort(cfg, lambda: build_model(cfg.model, 10, 1, (28, 28)), strategy, device)
     x = data.train.x.to(device).contiguous(memory_format=torch.channels_last)
     return cfg, cohort, make_step(cohort, strategy, cfg.train), x, data.train.y.to(device)
 

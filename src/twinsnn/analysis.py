@@ -2,9 +2,10 @@
 an energy estimate against the same network run as an ANN.
 
 A spike of a neuron costs one accumulate in every synapse with a non-zero weight that it
-drives (its fan-out, through the pool after it): the synaptic operations (SynOps) of the
-next layer are ``sum over neurons of spikes x fan-out``. The first conv sees the analog
-image (once for a static image, once per frame for event data) and multiplies. The ANN
+drives (its fan-out): the synaptic operations (SynOps) of a layer are ``sum over its inputs
+of input events x fan-out``, where an input is a spike, a sum of spikes (residual
+additions) or a pooled window of them. The first layer sees the analog image (once for a
+static image, once per frame for event data) and multiplies. The ANN
 runs every layer once, densely: one multiply-accumulate (MAC) per weight and output
 position. Per-operation energies (``ENERGY_PJ``) are Horowitz's 45 nm figures; synapses
 only: neuron updates, memory traffic and the readout's leak are not counted.
@@ -20,8 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
+from .files import atomic_write
 from .fold import codes_and_scale
 from .layers import SpikingBlock
+from .structure import input_pools, layers, network, readout
 
 ENERGY_PJ = {"mac": 4.6, "acc": 0.9, "add": 0.1}
 ENERGY_SOURCE = ("M. Horowitz, 'Computing's energy problem (and what we can do about it)', "
@@ -30,32 +33,40 @@ ENERGY_SOURCE = ("M. Horowitz, 'Computing's energy problem (and what we can do a
 
 
 def spiking_blocks(model: nn.Module) -> list[tuple[str, SpikingBlock]]:
-    """``(name, block)`` of every spiking block, in order (``convs.0``, ..., ``fcs.1``)."""
+    """``(name, block)`` of every spiking layer of any model, in module order."""
     return [(name, m) for name, m in model.named_modules() if isinstance(m, SpikingBlock)]
 
 
 @contextmanager
 def recording(model: nn.Module):
-    """Within the block, count every neuron's spikes over all forwards. Yields a dict filled
-    as it goes: ``counts`` ``{block: spikes per neuron, summed over T and samples}``,
-    ``steps`` ``{block: T * samples}``, ``samples`` and ``first_rows`` (inputs the first
-    synapse saw: the samples for static images, T times that for frames)."""
-    rec = {"counts": {}, "steps": {}, "samples": 0, "first_rows": 0}
-    blocks = spiking_blocks(model)
+    """Within the block, count what every layer of a ``SpikingNetwork`` receives and emits
+    over all forwards. Yields a dict filled as it goes: ``inputs`` ``{layer or readout:
+    its synapse's input summed over the rows it saw, per-sample shape}``, ``rows``
+    ``{name: rows seen}`` (samples for a static image, T times that otherwise), ``spikes``
+    ``{layer: spikes per neuron}``, ``steps`` ``{layer: T * samples}`` and ``samples``."""
+    net = network(model, "the operation report")
+    rec = {"inputs": {}, "rows": {}, "spikes": {}, "steps": {}, "samples": 0}
+    synapses = [(n.name, n.module.synapse) for n in layers(net)] + \
+        [(readout(net).name, readout(net).module)]
 
-    def count(name, spikes_tb):
+    def received(name, x):
+        rec["inputs"][name] = rec["inputs"].get(name, 0) + x.detach().sum(0, dtype=torch.float64)
+        rec["rows"][name] = rec["rows"].get(name, 0) + x.shape[0]
+
+    def emitted(name, spikes_tb):
         total = spikes_tb.detach().sum((0, 1), dtype=torch.float64)
-        rec["counts"][name] = rec["counts"].get(name, 0) + total
+        rec["spikes"][name] = rec["spikes"].get(name, 0) + total
         rec["steps"][name] = rec["steps"].get(name, 0) + spikes_tb.shape[0] * spikes_tb.shape[1]
-        if name == blocks[0][0]:
-            rec["samples"] += spikes_tb.shape[1]
 
-    def first(_m, inputs, _out):
-        rec["first_rows"] += inputs[0].shape[0]
+    def sample_count(_m, inputs, _out):
+        x = inputs[0]
+        rec["samples"] += x.shape[0] if x.dim() == 4 else x.shape[1]
 
-    handles = [block.neuron.register_forward_hook(lambda _m, _i, out, n=name: count(n, out))
-               for name, block in blocks]
-    handles.append(blocks[0][1].synapse.register_forward_hook(first))
+    handles = [synapse.register_forward_hook(lambda _m, i, _o, n=name: received(n, i[0]))
+               for name, synapse in synapses]
+    handles += [node.module.neuron.register_forward_hook(
+        lambda _m, _i, out, n=node.name: emitted(n, out)) for node in layers(net)]
+    handles.append(net.register_forward_hook(sample_count))
     try:
         yield rec
     finally:
@@ -65,9 +76,9 @@ def recording(model: nn.Module):
 
 @contextmanager
 def firing_rates(model: nn.Module):
-    """Within the block, record the mean spike rate of every spiking block over all forwards.
+    """Within the block, record the mean spike rate of every spiking layer over all forwards.
 
-    Yields a dict filled on exit: ``{block: spikes / (neurons * T * samples)}``.
+    Yields a dict filled on exit: ``{layer: spikes / (neurons * T * samples)}``.
     """
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
@@ -93,25 +104,19 @@ def dense_macs(synapse: nn.Module, out_shape) -> int:
     return math.prod(out_shape) * (synapse.weight[0].numel())
 
 
-def fan_out(pool: nn.Module, synapse: nn.Module, shape) -> torch.Tensor:
-    """``[shape]``: the synapses with a non-zero weight that each neuron of a block (its
-    spikes have per-sample ``shape``) drives in ``synapse``, through the block's ``pool``."""
-    with torch.no_grad():
-        pooled = pool(torch.zeros(1, *shape)).shape[1:]
+def fan_out(synapse: nn.Module, shape) -> torch.Tensor:
+    """``[shape]``: the synapses with a non-zero weight that each input of ``synapse`` (of
+    per-sample ``shape``) drives."""
     mask = (synapse.weight.detach().cpu() != 0).double()
     with torch.enable_grad():
-        z = torch.zeros(1, *pooled, dtype=torch.float64, requires_grad=True)
+        z = torch.zeros(1, *shape, dtype=torch.float64, requires_grad=True)
         if isinstance(synapse, nn.Conv2d):
             y = F.conv2d(z, mask, None, synapse.stride, synapse.padding, synapse.dilation,
                          synapse.groups)
         else:
             y = F.linear(z.flatten(1), mask)
         (fan,) = torch.autograd.grad(y.sum(), z)
-    fan = fan[0]
-    if pooled != tuple(shape):  # a non-overlapping pool: each neuron feeds one pooled cell
-        fan = fan.repeat_interleave(shape[-2] // pooled[-2], -2)
-        fan = fan.repeat_interleave(shape[-1] // pooled[-1], -1)
-    return fan
+    return fan[0]
 
 
 def weight_storage(weight: torch.Tensor) -> dict:
@@ -132,32 +137,35 @@ def weight_storage(weight: torch.Tensor) -> dict:
 
 
 def operations(model: nn.Module, rec: dict) -> dict:
-    """Per synaptic layer (``convs.*``, ``fcs.*``, ``out``) and in total, per sample: firing
-    rate, MACs of the first layer, SynOps, the ANN's MACs, weight storage, and the energy
-    estimates in pJ (``ENERGY_PJ``); ``rec`` from ``recording``."""
-    blocks = spiking_blocks(model)
+    """Per synaptic layer (every layer, then the readout) and in total, per sample: firing
+    rate, MACs of the layers that read the analog input, SynOps, the ANN's MACs, weight
+    storage, and the energy estimates in pJ (``ENERGY_PJ``); ``rec`` from ``recording``.
+    A layer's input events are its input values times the area of the average pools before
+    it (a pooled value is a window's spike count over its area)."""
+    net = network(model, "the operation report")
     samples = max(rec["samples"], 1)
-    synapses = [(name, b.synapse) for name, b in blocks] + [("out", model.out)]
     rows = []
-    for i, (name, synapse) in enumerate(synapses):
-        if i < len(blocks):
-            counts = rec["counts"][name]
-            out_shape, rate = tuple(counts.shape), float(counts.sum()) / (
-                counts.numel() * rec["steps"][name])
-        else:
-            out_shape, rate = (synapse.out_features,), None
+    for node in layers(net) + [readout(net)]:
+        synapse = node.module.synapse if node.kind == "layer" else node.module
+        area, _, analog = input_pools(net, node)
+        inputs = rec["inputs"][node.name].cpu()
+        with torch.no_grad():
+            out_shape = tuple(synapse(torch.zeros(1, *inputs.shape, dtype=synapse.weight.dtype,
+                                                  device=synapse.weight.device)).shape[1:])
+        rate = None
+        if node.kind == "layer":
+            spikes = rec["spikes"][node.name]
+            rate = float(spikes.sum()) / (spikes.numel() * rec["steps"][node.name])
         storage = weight_storage(synapse.weight.detach().cpu())
-        row = {"layer": name, "input": "analog" if i == 0 else "spikes",
+        row = {"layer": node.name, "input": "analog" if analog else "spikes",
                "neurons": math.prod(out_shape), "firing_rate": rate, "macs": 0, "synops": 0,
                "ann_macs": dense_macs(synapse, out_shape), **storage}
-        if i == 0:
-            row["macs"] = row["ann_macs"] * rec["first_rows"] / samples
+        if analog:
+            row["macs"] = row["ann_macs"] * rec["rows"][node.name] / samples
             row["op"] = "mac"
         else:
-            before_name, before = blocks[i - 1]
-            counts = rec["counts"][before_name].cpu()
-            fan = fan_out(before.pool, synapse, tuple(counts.shape))
-            row["synops"] = float((counts * fan).sum()) / samples
+            events = inputs.double() * area
+            row["synops"] = float((events * fan_out(synapse, tuple(inputs.shape))).sum()) / samples
             row["op"] = "acc" if storage["mode"] == "float32" else "add"
         rows.append(row)
     total = {k: sum(r[k] for r in rows) for k in
@@ -197,8 +205,6 @@ def format_operations(ops: dict) -> str:
 def save_figure(fig, out: Path) -> Path:
     """Write ``fig`` atomically to ``out`` in the format its suffix names; ``ConfigError``
     for a suffix matplotlib cannot write, ``WriteError`` for a path it cannot."""
-    from .checkpoint import atomic_write
-
     out = Path(out)
     kinds = fig.canvas.get_supported_filetypes()
     if out.suffix[1:] not in kinds:

@@ -1,9 +1,5 @@
-"""Atomic, code-free persistence: one atomic file writer, training checkpoints and
-inference models.
-
-Every file twinsnn writes whole (checkpoints, models, exports, caches, ``run.json``) goes
-through ``atomic_write``: a temporary file in the same folder, fsync, rename, fsync of the
-folder; it gets the mode a plain ``open`` would give (0666 less the umask).
+"""Code-free persistence: training checkpoints and inference models, each written whole by
+``files.atomic_write``.
 
 A training checkpoint (``checkpoint.pt``) holds every cohort member, the optimizer, the
 scheduler and the epoch count; it is read with ``torch.load(weights_only=True)``, which
@@ -15,74 +11,23 @@ need more memory than the file holds.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
-import secrets
 import warnings
 import zipfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file
 
 from . import quant
-from .config import Config, from_record
-from .errors import CheckpointError, ConfigError, WriteError
-from .models import build_from_spec
+from .config import Config, ModelConfig, from_flat, from_record
+from .errors import CheckpointError, ConfigError
+from .files import atomic_write, first_line, save_safetensors
+from .models import SHAPE_KEYS, build_model
 
 MODEL_FORMAT = "twinsnn-model/1"
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of an exception's message, with the next when it ends in a colon (at
-    most 200 characters), else the exception's type."""
-    lines = [line.strip() for line in str(error).strip().splitlines()]
-    if not lines or not lines[0]:
-        return type(error).__name__
-    text = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]
-    return text[:200]
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)``, then fsync and rename it onto ``path`` and fsync the folder:
-    the previous file stays intact until the new one is complete, and a crash leaves at most
-    a stray temp file. A failed write (a full disk) raises ``WriteError``."""
-    path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        name = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # umask applies
-        tmp = name
-        write(str(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException as e:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise WriteError(f"cannot write {path} ({e.strerror or first_line(e)}); "
-                             "any previous version of it is kept") from None
-        raise
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename inside ``folder`` durable."""
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def save_safetensors(path: Path, tensors: dict, metadata: dict) -> None:
-    """``tensors`` and string ``metadata`` as a safetensors file, written by ``atomic_write``
-    (safetensors' own writer gives every file mode 0600)."""
-    data = save(tensors, metadata=metadata)
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -116,10 +61,37 @@ def load_checkpoint(path: Path) -> dict:
     return state
 
 
+def parse_spec(spec: dict) -> tuple[ModelConfig, int, int, tuple[int, int]]:
+    """``(cfg, num_classes, in_channels, image_size)`` of a ``models.model_spec``, its values
+    checked as config values are. ``ModelConfig`` fields it lacks take their defaults (files
+    written before the field existed); keys that are neither fields nor ``SHAPE_KEYS`` are
+    ignored."""
+    if not isinstance(spec, dict):
+        raise ConfigError(f"a model spec is a mapping, not a {type(spec).__name__}")
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    cfg = from_flat({f"model.{k}": v for k, v in spec.items() if k in fields}).model
+    num_classes, in_channels, size = (spec.get(k) for k in SHAPE_KEYS)
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(
+            type(n) is int and n > 0 for n in (num_classes, in_channels, *size))):
+        raise ConfigError("a model spec needs positive integers num_classes and in_channels "
+                          "and an image_size of two")
+    return cfg, num_classes, in_channels, tuple(size)
+
+
+def build_from_spec(spec: dict) -> torch.nn.Module:
+    """The network a ``models.model_spec`` describes (see ``parse_spec``)."""
+    return build_model(*parse_spec(spec))
+
+
 def build_from_header(spec, path, max_bytes: int) -> torch.nn.Module:
     """``build_from_spec(spec)`` for a network a file describes. Sized on the meta device
     first: ``CheckpointError`` when ``spec`` is invalid or its weights need more than
-    ``max_bytes``."""
+    ``max_bytes``, or when the file holds a network of a user's own class (which only that
+    class can hold: load it with ``model=``)."""
+    if isinstance(spec, dict) and "arch" not in spec:
+        kind = f"a {spec['class']!s:.100}, " if spec.get("class") else ""
+        raise CheckpointError(f"{path} holds {kind}a network of your own, not a built-in one: "
+                              "load it into one with twinsnn.load(path, model=YourNet())")
     try:
         with torch.device("meta"):
             shell = build_from_spec(spec)
@@ -200,16 +172,19 @@ def read_model_meta(path: Path) -> dict:
     return meta
 
 
-def load_model(path: Path) -> tuple[torch.nn.Module, dict]:
-    """Rebuild a saved model in eval mode; ``meta`` as written by ``save_model``."""
+def load_model(path: Path, model: torch.nn.Module | None = None) -> tuple[torch.nn.Module, dict]:
+    """A saved model in eval mode and its ``meta`` (as ``save_model`` wrote it): the weights
+    loaded into ``model`` (a network of your own, as built for training) or, by default,
+    into the built-in network the file describes."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such model file")
     meta = read_model_meta(path)
-    model = build_from_header(meta.get("model"), path, path.stat().st_size)
+    if model is None:
+        model = build_from_header(meta.get("model"), path, path.stat().st_size)
     try:
         model.load_state_dict(load_file(str(path)))
     except Exception as e:  # any mismatch of untrusted weights
-        raise CheckpointError(f"{path}: weights do not fit the described model "
+        raise CheckpointError(f"{path}: weights do not fit the model "
                               f"({first_line(e)})") from None
     return model.eval(), meta

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__
+from .version import __version__
 from .errors import Interrupted, TwinsnnError
 
 DESCRIPTION = """\
@@ -54,10 +54,11 @@ def _config_from_args(args):
 def cmd_train(args) -> int:
     from .distributed import writer_process
     from .runtime import retain_freed_memory
-    from .train import fit
+    from .api import fit
     cfg = _config_from_args(args)
     retain_freed_memory()
-    record = fit(cfg, resume=args.resume, progress=not args.quiet, branch_from=args.branch_from)
+    record = fit(config=cfg, resume=args.resume, progress=not args.quiet,
+                 branch_from=args.branch_from).record
     if not writer_process():  # under torchrun rank 0 speaks for the run
         return 0
     run_dir = Path(cfg.out_dir) / cfg.name
@@ -67,7 +68,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import evaluate_file
+    from .inference import evaluate_file
     report = evaluate_file(Path(args.model), member=args.member, data_dir=args.data_dir,
                            device=args.device or "auto", split=args.split, integer=args.integer)
     if args.plot:
@@ -76,7 +77,7 @@ def cmd_eval(args) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        from .evaluate import format_report
+        from .inference import format_report
         print(format_report(report))
     return 0
 
@@ -98,7 +99,7 @@ def cmd_export(args) -> int:
         return _export_nir(args)
     state = load_checkpoint(Path(args.checkpoint))
     model = member_from_checkpoint(state, 0, args.checkpoint)
-    out = export_packed(model, state["meta"], Path(args.output))
+    out = export_packed(model, Path(args.output), state["meta"])
     print(f"wrote {out}")
     print(format_size_report(size_report(out)))
     sparsity = weight_sparsity(model)
@@ -110,7 +111,7 @@ def cmd_export(args) -> int:
 
 def _export_nir(args) -> int:
     from .errors import CheckpointError
-    from .evaluate import load_network
+    from .inference import load_network
     from .nir import write_graph
     if Path(args.checkpoint).suffix == ".nir":
         raise CheckpointError(f"{args.checkpoint} is a NIR graph already; export a "

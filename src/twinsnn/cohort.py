@@ -1,20 +1,19 @@
 """A cohort: the networks trained together (the base first, then its twins), their optimizer
-and schedule, an optional frozen teacher, and the precision of their forward; built from a
-config, each member from its own seed."""
+and schedule, an optional frozen teacher, and the precision of their forward; each member
+made by the model factory from its own seed."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
+from torch import nn
 
-from .checkpoint import load_model
-from .config import Config, to_flat
-from .data import DataSplits
-from .errors import ConfigError
+from .config import Config
+from .errors import ConfigError, TwinsnnError
 from .losses import Strategy
-from .models import build_model, model_spec, parse_spec
+from .neurons import reset_states
 from .runtime import autocast, place
 
 
@@ -43,16 +42,25 @@ class Cohort:
     meta: dict = field(default_factory=dict)  # how to rebuild and feed the base
     parallel: torch.nn.Module | None = None  # the members data-parallel (distributed.World)
     autocast_cache: bool = True  # off for a CUDA graph's capture (graphs.GraphedStep)
+    reset: Callable[[nn.Module], None] = reset_states  # clears a network's state before a batch
+    layers: object = None  # which of the base's layers compression takes (quant.select_layers)
+    checked: bool = False  # the outputs of a batch were checked against its labels
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.members[0].parameters()).device
 
     def outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Output potentials ``[T, B, classes]`` of every member, then of the teacher; in
-        float32 also under bf16 autocast."""
+        """Outputs of every member, then of the teacher (``[T, B, classes]`` or ``[B,
+        classes]``, as the networks give them; float32 also under bf16 autocast)."""
+        for network in self.members + ([self.teacher] if self.teacher is not None else []):
+            self.reset(network)
         with autocast(self.precision, x.device, self.autocast_cache):
             outs = self.parallel(x) if self.parallel is not None else \
-                [m.potentials(x) for m in self.members]
+                [m(x) for m in self.members]
             if self.teacher is not None:
                 with torch.no_grad():
-                    outs.append(self.teacher.potentials(x))
+                    outs.append(self.teacher(x))
         return outs
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -84,23 +92,48 @@ def set_capturable(optimizer: torch.optim.Optimizer, capturable: bool) -> None:
                 state["step"] = state["step"].to(p.device if capturable else "cpu", torch.float32)
 
 
-def build_cohort(cfg: Config, data: DataSplits, strategy: Strategy, device) -> Cohort:
-    """``strategy.trainable`` networks from their member seeds, and the teacher it needs."""
-    spec = model_spec(cfg.model, data.num_classes, data.in_channels, data.image_size)
+def build_cohort(cfg: Config, factory: Callable[[], nn.Module], strategy: Strategy, device,
+                 teacher: nn.Module | None = None, meta: dict | None = None,
+                 reset: Callable[[nn.Module], None] = reset_states, layers=None) -> Cohort:
+    """``strategy.trainable`` networks made by ``factory``, each after seeding torch with its
+    member seed, placed on ``device`` as ``cfg.train`` says; the frozen ``teacher`` the
+    strategy needs (placed alike); ``layers``: which of the base's layers are compressed (by
+    default ``quant.layers``, see ``quant.select_layers``)."""
+    if strategy.uses_teacher and teacher is None:
+        raise ConfigError(f"loss.strategy={strategy.name} needs a teacher: --teacher PATH "
+                          "(loss.teacher), or teacher= in twinsnn.fit")
     seeds = [member_seed(cfg.train.seed, i) for i in range(strategy.trainable)]
     members = []
     for seed in seeds:
         torch.manual_seed(seed)
-        members.append(place(build_model(cfg.model, data.num_classes, data.in_channels,
-                                         data.image_size), cfg.train, device))
-    teacher = None
-    if strategy.uses_teacher:
-        teacher, meta = load_model(Path(cfg.loss.teacher))
-        if parse_spec(meta["model"]) != parse_spec(spec):
-            raise ConfigError(f"teacher {cfg.loss.teacher} is a different network "
-                              f"({meta['model']}) than the student ({spec})")
-        teacher = place(teacher, cfg.train, device).requires_grad_(False)
-    meta = {"model": spec, "data": {"name": data.name, "mean": list(data.mean),
-                                    "std": list(data.std)}, "config": to_flat(cfg)}
-    return Cohort(members, *optimization(members, cfg.train), teacher, cfg.train.precision,
-                  seeds, meta)
+        model = factory()
+        if not isinstance(model, nn.Module):
+            raise TwinsnnError(f"the model factory returned a {type(model).__name__}, not an "
+                               "nn.Module; pass a function that builds a fresh network")
+        members.append(place(model, cfg.train, device))
+    if teacher is not None:
+        teacher = place(teacher, cfg.train, device).requires_grad_(False).eval()
+    return Cohort(members, *optimization(members, cfg.train), teacher if strategy.uses_teacher
+                  else None, cfg.train.precision, seeds, meta or {}, reset=reset, layers=layers)
+
+
+def check_outputs(outputs: list[torch.Tensor], y: torch.Tensor) -> None:
+    """``TwinsnnError`` unless every output is logits ``[B, K]`` or per-timestep outputs
+    ``[T, B, K]`` for the batch of ``B = len(y)`` labels, all with the same ``K`` classes,
+    and every label is a class ``0 <= y < K`` (reads the labels back from the device)."""
+    classes = set()
+    for output in outputs:
+        if not torch.is_tensor(output) or output.dim() not in (2, 3) or \
+                output.shape[-2] != len(y):
+            shape = list(output.shape) if torch.is_tensor(output) else type(output).__name__
+            raise TwinsnnError(f"the model returned {shape} for a batch of {len(y)}: a model "
+                               "returns logits [B, K] or per-timestep outputs [T, B, K]")
+        classes.add(output.shape[-1])
+    if len(classes) > 1:
+        raise TwinsnnError(f"the networks give different numbers of classes: {sorted(classes)}")
+    (k,) = classes
+    low, high = int(y.min()), int(y.max())
+    if low < 0 or high >= k:
+        raise TwinsnnError(f"a label is {high if high >= k else low}, but the model gives "
+                           f"{k} classes (labels must be 0 to {k - 1}): match the model's "
+                           "output size to the data set's classes")

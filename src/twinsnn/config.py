@@ -16,8 +16,14 @@ from pathlib import Path
 
 import yaml
 
+from .data import DATASETS
+from .data.feeds import ENCODINGS
 from .errors import ConfigError
-from .quant import check_threshold_rule
+from .losses import MATCHES, REDUCTIONS, STRATEGIES
+from .models import FC_NORMS, MODELS
+from .neurons import NEURONS, SURROGATES
+from .quant import DELTA_PER, DELTA_RULES, MODES, SCALES, check_threshold_rule
+from .runtime import DEVICES, PRECISIONS
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,8 @@ class ModelConfig:
     threshold: float = 1.0  # LIF firing threshold theta in eq. 1
     surrogate: str = "boxcar"  # neurons.SURROGATES, ds/du in the backward: boxcar = eq. 4
     readout_decay: float = 0.5  # leak of the non-spiking output potential; 0 = sum of currents
+    encoding: str = "none"  # your own network's input: none (as the data gives it) | repeat
+    #   (a static batch [B, ...] repeated over model.timesteps: [T, B, ...])
 
 
 @dataclass(frozen=True)
@@ -91,7 +99,8 @@ class QuantConfig:
     delta: float = 0.1  # ternary threshold D of eq. 6 (absolute), or its factor (mean_abs)
     delta_rule: str = "absolute"  # absolute: D = delta (eq. 6) | mean_abs: D = delta * mean|W|
     delta_per: str = "layer"  # mean_abs: one D per layer | per output channel
-    full_precision_ends: bool = True  # keep the first conv and the output layer in fp32
+    full_precision_ends: bool = True  # keep the first and the last conv/linear layer in fp32
+    layers: typing.Optional[str] = None  # compress only these: names or patterns, "fcs.*,convs.2"
     scale: str = "none"  # none (paper: codes only) | layer | channel: fp scale beside the codes
     lr_at_switch: typing.Optional[float] = None  # set the lr to this when compression starts
 
@@ -107,17 +116,12 @@ class Config:
     quant: QuantConfig = field(default_factory=QuantConfig)
 
 
-@functools.cache
 def choices() -> dict[str, tuple[str, ...]]:
-    """The valid values of every key that names something: the registries' names."""
-    from .data import DATASETS
-    from .losses import MATCHES, REDUCTIONS, STRATEGIES
-    from .models import FC_NORMS, MODELS
-    from .neurons import NEURONS, SURROGATES
-    from .quant import DELTA_PER, DELTA_RULES, MODES, SCALES
-    from .runtime import DEVICES, PRECISIONS
+    """The valid values of every key that names something: the registries' names as they are
+    now (a model, neuron or data set registered at any time counts)."""
     return {"data.name": tuple(DATASETS), "model.arch": tuple(MODELS),
             "model.fc_norm": FC_NORMS, "model.neuron": tuple(NEURONS),
+            "model.encoding": ENCODINGS,
             "model.surrogate": tuple(SURROGATES), "train.lr_step_unit": ("epoch", "batch"),
             "train.device": DEVICES, "train.precision": PRECISIONS,
             "loss.strategy": STRATEGIES, "loss.reduction": REDUCTIONS, "loss.match": MATCHES,
@@ -271,8 +275,6 @@ def from_flat(flat: dict) -> Config:
     if cfg.loss.alpha_compressed is not None and cfg.quant.mode == "none":
         raise ConfigError("loss.alpha_compressed weighs the matching term while the base is "
                           "compressed; set quant.mode (ternary or binary) or leave it unset")
-    if cfg.loss.strategy in ("kd", "kd+ce") and not cfg.loss.teacher:
-        raise ConfigError(f"loss.strategy={cfg.loss.strategy} needs a teacher: --teacher PATH")
     return cfg
 
 

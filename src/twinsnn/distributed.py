@@ -155,14 +155,14 @@ def writer_process() -> bool:
 
 
 class Members(nn.Module):
-    """The members of a cohort as one module: ``x -> [member.potentials(x), ...]``."""
+    """The members of a cohort as one module: ``x -> [member(x), ...]``."""
 
     def __init__(self, members: list):
         super().__init__()
         self.members = nn.ModuleList(members)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [m.potentials(x) for m in self.members]
+        return [m(x) for m in self.members]
 
 
 class SyncedBatchNorm(nn.modules.batchnorm._BatchNorm):

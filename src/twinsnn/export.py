@@ -25,10 +25,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from .checkpoint import build_from_header, first_line, save_safetensors
+from .checkpoint import build_from_header
+from .files import first_line, save_safetensors
 from .errors import CheckpointError
-from .quant import (pack_binary, pack_ternary, quant_codes, quant_scale, quantizer,
-                    unpack_binary, unpack_ternary)
+from .quant import (SYNAPSES, pack_binary, pack_ternary, quant_codes, quant_scale,
+                    quantizer, unpack_binary, unpack_ternary)
 
 FORMAT = "twinsnn-packed"
 VERSION = 1
@@ -66,15 +67,15 @@ def _packed_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str
     return tensors, layers
 
 
-def export_packed(model: nn.Module, meta: dict, path) -> Path:
+def export_packed(model: nn.Module, path, meta: dict | None = None) -> Path:
     """Write ``model`` (weights and BatchNorm state, no optimizer) with its JSON-able ``meta``
-    to ``path`` atomically; returns the path. ``meta`` holds the ``models.model_spec``, at its
-    top level or under ``meta["model"]``."""
-    if "arch" not in _model_spec(meta):
-        raise ValueError("meta must name the model 'arch' (top level or under 'model')")
+    to ``path`` atomically; returns the path. A built-in network's ``meta`` holds its
+    ``models.model_spec`` (at its top level or under ``meta["model"]``), so that the file
+    rebuilds it; a network of your own class loads back into one (``load_packed(path,
+    model=...)``)."""
     path = Path(path)
     tensors, layers = _packed_tensors(model)
-    header = {"format": FORMAT, "version": VERSION, "meta": meta, "layers": layers}
+    header = {"format": FORMAT, "version": VERSION, "meta": meta or {}, "layers": layers}
     save_safetensors(path, tensors, {METADATA_KEY: json.dumps(header)})
     return path
 
@@ -117,7 +118,7 @@ def _weight(path: Path, name: str, entry: dict, module: nn.Module,
             tensors: dict[str, torch.Tensor]) -> torch.Tensor:
     """Unpack the quantized weight of layer ``name``: ``codes * scale`` in float32."""
     where = f"{path}: layer {name!r}"
-    if not isinstance(module, (nn.Conv2d, nn.Linear)):
+    if not isinstance(module, SYNAPSES):
         raise CheckpointError(f"{where} is not a conv or linear layer of the model")
     if not isinstance(entry, dict) or entry.get("mode") not in CODE_BITS:
         raise CheckpointError(f"{where} has no valid mode")
@@ -144,10 +145,12 @@ def _weight(path: Path, name: str, entry: dict, module: nn.Module,
     return codes * factor.view(-1, *[1] * (len(shape) - 1))
 
 
-def _rebuild(path: Path, tensors: dict[str, torch.Tensor], header: dict) -> nn.Module:
-    """The model described by ``header`` holding the file's ``tensors``, in eval mode."""
+def _rebuild(path: Path, tensors: dict[str, torch.Tensor], header: dict,
+             model: nn.Module | None = None) -> nn.Module:
+    """``model`` (by default the one described by ``header``) holding the file's ``tensors``,
+    in eval mode."""
     tensors = dict(tensors)
-    model = _build(path, header["meta"])
+    model = _build(path, header["meta"]) if model is None else model
     modules = dict(model.named_modules())
     state = {}
     for name, entry in header["layers"].items():
@@ -173,12 +176,15 @@ def _rebuild(path: Path, tensors: dict[str, torch.Tensor], header: dict) -> nn.M
     return model.eval()
 
 
-def load_packed(path) -> tuple[nn.Module, dict]:
-    """Rebuild the exported model: a plain (unparametrized) model in eval mode whose quantized
-    weights are exact ``codes * scale`` floats. Returns ``(model, meta)``."""
+def load_packed(path, model: nn.Module | None = None) -> tuple[nn.Module, dict]:
+    """The exported network: ``model`` (a fresh network of your own class, uncompressed) or
+    by default the built-in one the file describes, in eval mode, its quantized weights the
+    exact ``codes * scale`` floats. Returns ``(model, meta)``."""
     path = Path(path)
     tensors, header = _read(path)
-    return _rebuild(path, tensors, header), header["meta"]
+    if model is not None and any(quantizer(m) is not None for m in model.modules()):
+        raise CheckpointError(f"{path}: load into a fresh, uncompressed network")
+    return _rebuild(path, tensors, header, model), header["meta"]
 
 
 class SizeRow(NamedTuple):

@@ -1,20 +1,22 @@
-"""BatchNorm folded out of a trained spiking CIFARNet (eval statistics), block by block.
+"""BatchNorm folded out of a trained spiking network (eval statistics), layer by layer.
 
-A hidden block computes, per output channel ``c``, the input current of its LIF neurons
+A layer (``structure``'s ``layer`` node) computes, per output channel ``c``, the input
+current of its neurons
 
     I_c = k_c * (W x)_c + h_c,      k = gamma / sqrt(var + eps),  h = beta - mean * k
 
 (``k``, ``h`` in float32 exactly as PyTorch's eval BatchNorm forms them; with no BatchNorm,
-``k = 1`` and ``h`` is the layer's own bias). ``fold_block`` writes this as
+``k = 1`` and ``h`` is the layer's own bias). ``fold_layer`` writes this as
 
     I_c = gain_c * (V z)_c + shift_c
 
 * full precision: ``V = W``, ``z = x``;
 * compressed (``W = codes * scale_c``, codes in {-1, 0, +1}): ``V`` holds the codes with
   the signs of channel ``c`` flipped where ``k_c * scale_c < 0``, so ``gain > 0`` and the
-  codes stay in {-1, 0, +1}; ``z`` is the *sum* (not the mean) of the pooled spikes when a
-  pool precedes the block, its ``1 / (kernel area)`` moved into ``gain``. With 0/1 spikes,
-  ``V z`` is then an integer. A channel with ``gain = 0`` gets zero codes and ``gain = 1``.
+  codes stay in {-1, 0, +1}; ``z`` is the *sum* (not the mean) of the pooled spikes when
+  average pools precede the layer (``structure.input_pools``), their ``1 / area`` moved into
+  ``gain``. With spikes (and sums of them, where residual connections add) ``V z`` is then
+  an integer. A channel with ``gain = 0`` gets zero codes and ``gain = 1``.
 """
 from __future__ import annotations
 
@@ -23,13 +25,15 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from .structure import SpikingNetwork, input_pools, layers
+
 
 class FoldedBlock(NamedTuple):
     weight: torch.Tensor  # float64 V: full-precision weight, or signed codes (compressed)
     gain: torch.Tensor  # float64 [C], > 0 for a compressed block
     shift: torch.Tensor  # float64 [C]
     compressed: bool
-    sums_pool: bool  # z is the sum over the preceding pool's window, not its mean
+    sums_pool: bool  # z is the sum over the preceding pools' windows, not their mean
 
 
 def codes_and_scale(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -61,24 +65,12 @@ def batchnorm_affine(norm: nn.Module, channels: int) -> tuple[torch.Tensor, torc
     return k, h
 
 
-def pool_area(pool: nn.Module) -> int:
-    """Inputs per output of a block's pool: ``k * k`` of an ``nn.AvgPool2d(k)``, 1 for none."""
-    if isinstance(pool, nn.Identity):
-        return 1
-    k = pool.kernel_size
-    k = (k, k) if isinstance(k, int) else tuple(k)
-    stride = pool.stride if pool.stride is not None else k
-    stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
-    if not isinstance(pool, nn.AvgPool2d) or stride != k or pool.padding not in (0, (0, 0)):
-        raise ValueError(f"cannot fold {pool}: only non-overlapping average pools")
-    return k[0] * k[1]
+def fold_layer(block: nn.Module, pooled_by: int = 1, compress: bool = True) -> FoldedBlock:
+    """Fold a ``SpikingBlock``'s normalization (and its synapse's bias) into ``gain`` and
+    ``shift``.
 
-
-def fold_block(block: nn.Module, pooled_by: int = 1, compress: bool = True) -> FoldedBlock:
-    """Fold ``block``'s normalization (and its synapse's bias) into ``gain`` and ``shift``.
-
-    ``pooled_by``: ``pool_area`` of the preceding block's pool. ``compress``: keep the codes
-    of a ternary/binary synapse (else its weight is treated as full precision)."""
+    ``pooled_by``: the area the average pools before it averaged over. ``compress``: keep the
+    codes of a ternary/binary synapse (else its weight is treated as full precision)."""
     synapse = block.synapse
     channels = synapse.weight.shape[0]
     k, h = batchnorm_affine(block.norm, channels)
@@ -89,7 +81,7 @@ def fold_block(block: nn.Module, pooled_by: int = 1, compress: bool = True) -> F
     if factored is None:
         return FoldedBlock(synapse.weight.detach().cpu().double(), k, h, False, False)
     codes, scale = factored
-    gain = k * scale / pooled_by  # exact: two float32 factors and a power of two
+    gain = k * scale / pooled_by  # exact for float32 factors and a power-of-two area
     sign = torch.where(gain < 0, -1, 1).to(torch.int8)
     codes = codes * sign.view(-1, *[1] * (codes.dim() - 1))
     codes[gain == 0] = 0
@@ -97,11 +89,11 @@ def fold_block(block: nn.Module, pooled_by: int = 1, compress: bool = True) -> F
     return FoldedBlock(codes.double(), gain, h, True, pooled_by > 1)
 
 
-def fold_blocks(model: nn.Module) -> list[FoldedBlock]:
-    """``fold_block`` of every block of a ``SpikingCNN`` (``convs`` then ``fcs``); the first
-    conv, which sees the analog image, is always folded as full precision."""
-    blocks = list(model.convs) + list(model.fcs)
-    folded = [fold_block(blocks[0], compress=False)]
-    for before, block in zip(blocks, blocks[1:]):
-        folded.append(fold_block(block, pool_area(before.pool)))
+def fold_layers(net: SpikingNetwork) -> dict[str, FoldedBlock]:
+    """``fold_layer`` of every layer of a network, by node name; a layer that reads the
+    network's (analog) input is always folded as full precision."""
+    folded = {}
+    for node in layers(net):
+        area, _, analog = input_pools(net, node)
+        folded[node.name] = fold_layer(node.module, area, compress=not analog)
     return folded

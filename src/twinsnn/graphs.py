@@ -25,12 +25,15 @@ corrections on the device) and in dropout's masks (drawn by the graph's generato
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 
 import torch
 
 from . import quant
 from .cohort import Cohort, set_capturable
+from .distributed import World
+from .train import train_step
 
 WARMUP_STEPS = 3  # eager full batches on a side stream before the capture
 
@@ -55,7 +58,7 @@ class GraphedStep:
 
     def __init__(self, step: Callable, cohort: Cohort, batch_size: int):
         self.step, self.cohort, self.batch_size = step, cohort, batch_size
-        self.device = next(cohort.members[0].parameters()).device
+        self.device = cohort.device
         self.rates = [torch.zeros((), device=self.device) for _ in cohort.optimizer.param_groups]
         self.stream = torch.cuda.Stream(self.device)
         self.graph, self.compressed, self.warm = None, None, 0
@@ -94,3 +97,12 @@ class GraphedStep:
         with _learning_rates(self.cohort.optimizer, self.rates), \
                 torch.cuda.graph(self.graph, stream=self.stream):
             self.result = self.step(self.x, self.y, share)
+
+
+def make_step(cohort: Cohort, strategy, train_cfg, world: World = World()) -> Callable:
+    """``train_step`` bound to ``cohort`` and ``strategy``, called ``step(x, y, share)``; with
+    ``train.cuda_graphs`` on a CUDA device in one process, replayed from a CUDA graph."""
+    step = functools.partial(train_step, cohort, strategy)
+    if train_cfg.cuda_graphs and cohort.device.type == "cuda" and not world.active:
+        return GraphedStep(step, cohort, train_cfg.batch_size)
+    return step

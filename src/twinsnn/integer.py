@@ -1,8 +1,8 @@
 """Integer inference of a compressed network: its hidden layers add, shift and compare.
 
 Spikes are 0/1 and a compressed layer's codes are in {-1, 0, +1}, so its synaptic input
-``S = V z`` (``z``: the spikes, or their sum over a pool window) is an integer made by
-additions and subtractions alone. BatchNorm folds into a gain ``g > 0`` and a shift ``b``
+``S = V z`` (``z``: the spikes, their sums where residual connections add, or those summed
+over a pool window) is an integer made by additions and subtractions alone. BatchNorm folds into a gain ``g > 0`` and a shift ``b``
 per channel (``fold.py``), ``I = g S + b``. With the decay ``a = 2^-k`` and ``n`` steps
 since the neuron's last reset (at step ``r``), eq. 1 fires when
 
@@ -13,7 +13,7 @@ since the neuron's last reset (at step ``r``), eq. 1 fires when
 step, ``A += S << kn``; ``K`` holds ``T`` integers per channel, computed once in exact
 rational arithmetic. Each neuron and step costs one shift-add and one integer comparison,
 and the spikes are eq. 1's for the folded (real-valued) gain and shift, with no rounding.
-The first conv, which sees the analog image, and the readout stay float as in the model.
+The first layer, which sees the analog image, and the readout stay float as in the model.
 """
 from __future__ import annotations
 
@@ -24,8 +24,10 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, ConfigError
-from .fold import FoldedBlock, fold_blocks, pool_area
+from .fold import FoldedBlock, fold_layers
+from .neurons import LIF
 from .quant import baked
+from .structure import SpikingNetwork, consumers, input_pools, layers, network
 
 LIMIT = 2**62  # |K| is clamped here: a threshold beyond any reachable A never or always fires
 EXACT = 2**24  # integer sums up to this size are exact in the float32 synapse
@@ -75,27 +77,41 @@ class IntegerLIF(nn.Module):
         return torch.stack(spikes)
 
 
-def integer_model(model: nn.Module) -> nn.Module:
-    """A copy of a compressed ``SpikingCNN`` whose hidden blocks run on integers (module
-    docstring); same interface, eval mode. ``CheckpointError`` if a hidden layer has
-    full-precision weights, ``ConfigError`` if the decay is not a power of 1/2."""
-    folded = fold_blocks(model)
+def integer_model(model: nn.Module) -> SpikingNetwork:
+    """A copy of a compressed ``SpikingNetwork`` whose hidden layers run on integers (module
+    docstring); same interface, eval mode. The layers that read the network's input and the
+    readout stay float. ``CheckpointError`` if a hidden layer has full-precision weights,
+    ``ConfigError`` if a neuron is not a LIF or its decay is not a power of 1/2."""
+    folded = fold_layers(network(model, "integer inference"))
     net = baked(model).eval()
-    blocks = list(net.convs) + list(net.fcs)
-    for i, (block, f) in enumerate(zip(blocks[1:], folded[1:]), start=1):
-        name = f"convs.{i}" if i < len(net.convs) else f"fcs.{i - len(net.convs)}"
+    sum_pools = set()
+    for node in layers(net):
+        f = folded[node.name]
+        area, pools, analog = input_pools(net, node)
+        if analog:
+            continue
         if not f.compressed:
             raise CheckpointError(f"integer inference needs a ternary or binary model; layer "
-                                  f"{name} has full-precision weights")
-        fan_in = f.weight[0].numel() * pool_area(blocks[i - 1].pool)
+                                  f"{node.name} has full-precision weights")
+        fan_in = f.weight[0].numel() * area
         if fan_in >= EXACT:
-            raise CheckpointError(f"layer {name}: a fan-in of {fan_in} is too large for "
+            raise CheckpointError(f"layer {node.name}: a fan-in of {fan_in} is too large for "
                                   "exact integer sums in float32")
-        if f.sums_pool:
-            blocks[i - 1].pool = nn.AvgPool2d(blocks[i - 1].pool.kernel_size, divisor_override=1)
+        block = node.module
+        if type(block.neuron) is not LIF:
+            raise ConfigError(f"integer inference needs LIF neurons; layer {node.name} has "
+                              f"{type(block.neuron).__name__}")
         shift = decay_shift(block.neuron.decay)
-        block.neuron = IntegerLIF(thresholds(f, block.neuron.threshold, shift, net.timesteps), shift)
+        block.neuron = IntegerLIF(thresholds(f, block.neuron.threshold, shift, net.timesteps),
+                                  shift)
         block.synapse.weight = nn.Parameter(f.weight.float(), requires_grad=False)
         block.synapse.bias = None
         block.norm = nn.Identity()
+        sum_pools.update(pool.name for pool in pools)
+    for pool in (node for node in net.nodes if node.name in sum_pools):
+        readers = consumers(net, pool.name)
+        if any(r.kind == "readout" or input_pools(net, r)[2] for r in readers):
+            raise ConfigError(f"integer inference: pool {pool.name} feeds a float layer as well "
+                              "as an integer one")
+        pool.module.divisor_override = 1  # the sum over the window, its 1/area in the gain
     return net

@@ -51,31 +51,23 @@ class TimeSharedDropout(nn.Module):
 
 
 class SpikingBlock(nn.Module):
-    """``synapse -> norm -> neuron [-> pool] [-> dropout]`` over ``[T, B, ...]``; the neuron
-    maps currents ``[T, B, ...]`` to spikes of the same shape, or, where its ``fuse_norm`` is
-    on, the synapse's output and the norm."""
+    """``synapse -> norm -> neuron`` over ``[T, B, ...]``: one spiking layer. The neuron maps
+    currents ``[T, B, ...]`` to spikes of the same shape, or, where its ``fuse_norm`` is on,
+    the synapse's output and the norm."""
 
-    def __init__(self, synapse: nn.Module, norm: nn.Module, neuron: nn.Module,
-                 pool: nn.Module | None = None, dropout: nn.Module | None = None):
+    def __init__(self, synapse: nn.Module, norm: nn.Module, neuron: nn.Module):
         super().__init__()
         self.synapse = synapse
         self.norm = norm
         self.neuron = neuron
-        self.pool = pool or nn.Identity()
-        self.dropout = dropout or nn.Identity()
 
     def forward(self, x_tb: torch.Tensor) -> torch.Tensor:
         x_tb = over_time(self.synapse, x_tb)
         if getattr(self.neuron, "fuse_norm", False):  # the neuron runs the norm itself
-            return self._pool_drop(self.neuron(x_tb, self.norm))
-        return self._pool_drop(self.neuron(over_time(self.norm, x_tb)))
+            return self.neuron(x_tb, self.norm)
+        return self.neuron(over_time(self.norm, x_tb))
 
     def forward_static(self, x: torch.Tensor, timesteps: int) -> torch.Tensor:
         """Input constant over time ``[B, ...]``: the synapse and norm run once, not T times."""
         current = self.norm(self.synapse(x))
-        return self._pool_drop(self.neuron(current.expand(timesteps, *current.shape)))
-
-    def _pool_drop(self, spikes_tb: torch.Tensor) -> torch.Tensor:
-        if not isinstance(self.pool, nn.Identity):
-            spikes_tb = over_time(self.pool, spikes_tb)
-        return self.dropout(spikes_tb)
+        return self.neuron(current.expand(timesteps, *current.shape))

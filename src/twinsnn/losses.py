@@ -26,7 +26,9 @@ REDUCTIONS = ("sum", "batchmean", "mean")
 MATCHES = ("logits", "potentials")  # what the matching term compares
 
 
-def _logits(output: torch.Tensor) -> torch.Tensor:
+def logits_of(output: torch.Tensor) -> torch.Tensor:
+    """Logits ``[B, K]`` of a network's output: itself, or per-timestep outputs ``[T, B, K]``
+    summed over T."""
     return output.sum(0) if output.dim() == 3 else output
 
 
@@ -59,7 +61,7 @@ def cohort_loss(logits: list[torch.Tensor], target: torch.Tensor, alpha: float,
     parts = {}
     total = 0.0
     for i, out in enumerate(logits):
-        parts[f"ce/{i}"] = _shared(F.cross_entropy(_logits(out), target), share)
+        parts[f"ce/{i}"] = _shared(F.cross_entropy(logits_of(out), target), share)
         total = total + parts[f"ce/{i}"]
     if len(logits) > 1:
         match = _shared(sum(squared_error(logits[0], out, reduction) for out in logits[1:]),
@@ -79,7 +81,7 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Ten
     parts = {"match": match, "match_weighted": alpha * match}
     total = alpha * match
     if with_ce:
-        parts["ce/0"] = _shared(F.cross_entropy(_logits(student), target), share)
+        parts["ce/0"] = _shared(F.cross_entropy(logits_of(student), target), share)
         total = total + parts["ce/0"]
     return total, parts
 
@@ -97,7 +99,7 @@ class Strategy:
     def __call__(self, outputs: list[torch.Tensor], target: torch.Tensor,
                  share: float | None = None):
         if self.match == "logits":
-            outputs = [_logits(o) for o in outputs]
+            outputs = [logits_of(o) for o in outputs]
         if self.uses_teacher:
             return distill_loss(outputs[0], outputs[1], target, self.alpha, self.reduction,
                                 self.name == "kd+ce", share)

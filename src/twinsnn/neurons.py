@@ -372,6 +372,20 @@ class ReLU(nn.Module):
 NEURONS = {"lif": LIF, "relu": ReLU}
 
 
+def reset_states(model: nn.Module) -> None:
+    """Clear the state a network's neurons keep between forwards, before a new batch:
+    SpikingJelly's memory modules (their ``reset()``, as ``functional.reset_net`` does) and
+    snnTorch's neurons (``reset_mem()``, each instance of this network only: not
+    ``snntorch.utils.reset``, which resets a list of instances shared by every network).
+    twinsnn's neurons keep no state; a model with another kind passes its own reset to
+    ``twinsnn.fit``."""
+    for module in model.modules():
+        if hasattr(module, "register_memory") and callable(getattr(module, "reset", None)):
+            module.reset()
+        elif callable(getattr(module, "reset_mem", None)) and hasattr(module, "mem"):
+            module.reset_mem()
+
+
 def set_kernel(model: nn.Module, kernel: str, fuse_norm: bool = False) -> nn.Module:
     """Run every neuron of ``model`` with ``kernel`` (one of ``KERNELS``), its BatchNorm fused
     into it or not; returns ``model``."""

@@ -1,6 +1,9 @@
 """The base network as a NIR graph (the ``nir`` package's interchange format) and back.
 
-Written graph, a chain from ``input`` to ``output``:
+The graph follows the network's nodes (``structure``): each layer a synapse (``Conv2d``,
+``Affine`` / ``Linear``) feeding a ``LIF``; pools as ``AvgPool2d`` (``SumPool2d`` before a
+compressed layer), ``Flatten``; a residual addition as edges converging on the node that
+reads the sum (NIR sums a node's inputs); the readout an ``Affine`` feeding an ``LI``:
 
     Conv2d -> LIF [-> AvgPool2d | SumPool2d] ... -> Flatten -> Linear -> LIF ... -> Affine -> LI
 
@@ -20,7 +23,8 @@ float32 below each threshold, so that in float32 the two tests agree. The reset 
 ``v_reset = 0`` right after a spike is eq. 1's ``(1 - s[t-1])`` factor. What NIR has no
 field for (the number of timesteps, the step ``dt``, the input normalization, that a static
 image is presented at every step, and that the class is the argmax of the output potentials
-summed over T) is stored as JSON in the graph's metadata under ``"twinsnn"``.
+summed over T) is stored as JSON in the graph's metadata under ``"twinsnn"``, the
+normalization at its top level (``"normalization": {"mean": [...], "std": [...]}``).
 """
 from __future__ import annotations
 
@@ -32,16 +36,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import atomic_write, first_line
 from .errors import CheckpointError, ConfigError
-from .fold import FoldedBlock, fold_blocks, pool_area
+from .files import atomic_write, first_line
+from .fold import FoldedBlock, fold_layers
 from .layers import SpikingBlock
-from .models import SpikingCNN
+from .neurons import LIF
+from .structure import (INPUT, Node, SpikingNetwork, input_pools, layers, network, pool_area,
+                        shapes)
 
 DT = 1e-4  # s: the forward-Euler step the neuron parameters assume (snnTorch's NIR default)
 FORMAT = "twinsnn-nir/1"
 METADATA_KEY = "twinsnn"
 DECODE = "logits = sum over the timesteps of the output node; class = argmax"
+INPUT_NOTE = ("the image normalized per channel, (x - mean) / std with pixels in [0, 1] "
+              "(normalization), presented at every timestep; or one frame per timestep")
 MAX_TIMESTEPS = 10_000  # a graph asking for more is refused, not run
 FOLDS = ("neurons", "weights")  # where BatchNorm goes: each neuron's r and v_leak, or the weights
 
@@ -91,64 +99,72 @@ def _layer(module: nn.Module, f: FoldedBlock, lif, fold: str, in_shape, out_shap
     return synapse, neuron
 
 
-def to_graph(model: SpikingCNN, meta: dict, fold: str = "neurons") -> nir.NIRGraph:
-    """The NIR graph of ``model`` (eval mode, BatchNorm folded as ``fold`` says, see
-    ``_layer``); ``meta``: how the model was built and fed (``model``, ``data``, ``config``),
-    kept in the graph's metadata."""
+def to_graph(model: nn.Module, meta: dict, fold: str = "neurons") -> nir.NIRGraph:
+    """The NIR graph of a ``SpikingNetwork`` (eval mode, BatchNorm folded as ``fold`` says,
+    see ``_layer``); ``meta``: how the model was built and fed (``model``, ``data``,
+    ``config``), kept in the graph's metadata. A layer becomes ``<name>.synapse`` and
+    ``<name>.lif``, the readout ``<name>.synapse`` and ``<name>.li``; an addition becomes
+    edges converging on the nodes that read it (NIR sums a node's inputs); dropout is left
+    out."""
     if fold not in FOLDS:
         raise ConfigError(f"fold must be one of {FOLDS}, got {fold!r}")
-    model = model.eval()
-    blocks = list(model.convs) + list(model.fcs)
-    folded = fold_blocks(model)
+    net = network(model, "NIR export").eval()
+    folded = fold_layers(net)
     spec = meta.get("model", meta)
-    shape = (spec["in_channels"], *spec["image_size"])  # per-sample shape flowing along
-    nodes, order = {"input": nir.Input(input_type=np.array(shape))}, ["input"]
+    shape = (spec["in_channels"], *spec["image_size"])  # per-sample shape of the input
+    sizes = shapes(net, shape)
+    sum_pools = {p.name for node in layers(net) if folded[node.name].sums_pool
+                 for p in input_pools(net, node)[1]}
+    nodes, edges = {"input": nir.Input(input_type=np.array(shape))}, []
+    ends = {INPUT: ["input"]}  # a node's output: the NIR nodes whose outputs sum to it
 
-    def add(name, node):
+    def add(name, node, sources):
         nodes[name] = node
-        order.append(name)
+        edges.extend((source, name) for source in sources)
 
-    def flatten(x):
-        if x.dim() > 2:
-            add("flatten", nir.Flatten(input_type=np.array(x.shape[1:]), start_dim=0))
-        return x.flatten(1)
+    for node in net.nodes:
+        sources = [end for name in node.inputs for end in ends[name]]
+        if node.kind in ("add", "dropout"):
+            ends[node.name] = sources
+            continue
+        if node.kind == "layer":
+            neuron = node.module.neuron
+            if type(neuron) is not LIF:
+                raise ConfigError(f"NIR export writes LIF neurons; layer {node.name} has "
+                                  f"{type(neuron).__name__}")
+            synapse, lif = _layer(node.module.synapse, folded[node.name], neuron, fold,
+                                  sizes[node.inputs[0]], sizes[f"{node.name}.synapse"])
+            add(f"{node.name}.synapse", synapse, sources)
+            add(f"{node.name}.lif", lif, [f"{node.name}.synapse"])
+            ends[node.name] = [f"{node.name}.lif"]
+            continue
+        if node.kind == "pool":
+            k = np.array(node.module.kernel_size if isinstance(node.module.kernel_size, tuple)
+                         else (node.module.kernel_size,) * 2)
+            summing = node.name in sum_pools or pool_area(node.module) == 1
+            kind = nir.SumPool2d if summing else nir.AvgPool2d
+            add(node.name, kind(kernel_size=k, stride=k, padding=np.zeros(2, int)), sources)
+        elif node.kind == "flatten":
+            add(node.name, nir.Flatten(input_type=np.array(sizes[node.inputs[0]]),
+                                       start_dim=0), sources)
+        else:  # readout
+            add(f"{node.name}.synapse", nir.Affine(
+                weight=node.module.weight.detach().float().numpy(),
+                bias=node.module.bias.detach().float().numpy()), sources)
+            add(f"{node.name}.li", _readout(net.readout_decay, node.module.out_features),
+                [f"{node.name}.synapse"])
+            add("output", nir.Output(output_type=np.array([node.module.out_features])),
+                [f"{node.name}.li"])
+            continue
+        ends[node.name] = [node.name]
+    data = meta.get("data", {})
+    info = {"format": FORMAT, "dt": DT, "timesteps": net.timesteps, "decode": DECODE,
+            "fold": fold, "input": INPUT_NOTE, "normalization": {
+                "mean": data.get("mean"), "std": data.get("std")}, "meta": meta}
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata={METADATA_KEY: json.dumps(info)})
 
-    with torch.no_grad():
-        x = torch.zeros(1, *shape)
-        for i, (name, block, f) in enumerate(zip(_block_names(model), blocks, folded)):
-            if isinstance(block.synapse, nn.Linear):
-                x = flatten(x)
-            y = block.synapse(x)
-            synapse, neuron = _layer(block.synapse, f, block.neuron, fold, tuple(x.shape[1:]),
-                                     tuple(y.shape[1:]))
-            add(f"{name}.synapse", synapse)
-            add(f"{name}.lif", neuron)
-            x = block.pool(y)
-            if pool_area(block.pool) > 1:
-                k = np.array(block.pool.kernel_size if isinstance(block.pool.kernel_size, tuple)
-                             else (block.pool.kernel_size,) * 2)
-                sums = i + 1 < len(folded) and folded[i + 1].sums_pool
-                pool = nir.SumPool2d if sums else nir.AvgPool2d
-                add(f"{name}.pool", pool(kernel_size=k, stride=k, padding=np.zeros(2, int)))
-        flatten(x)
-        add("out", nir.Affine(weight=model.out.weight.detach().float().numpy(),
-                              bias=model.out.bias.detach().float().numpy()))
-        add("readout", _readout(model.readout_decay, model.out.out_features))
-    nodes["output"] = nir.Output(output_type=np.array([model.out.out_features]))
-    order.append("output")
-    info = {"format": FORMAT, "dt": DT, "timesteps": model.timesteps, "decode": DECODE,
-            "fold": fold, "input": "the normalized image (x - mean) / std at every timestep, "
-                                   "or one frame per timestep", "meta": meta}
-    return nir.NIRGraph(nodes=nodes, edges=list(zip(order, order[1:])),
-                        metadata={METADATA_KEY: json.dumps(info)})
 
-
-def _block_names(model: SpikingCNN) -> list[str]:
-    return [f"convs.{i}" for i in range(len(model.convs))] + \
-           [f"fcs.{i}" for i in range(len(model.fcs))]
-
-
-def write_graph(model: SpikingCNN, meta: dict, path, fold: str = "neurons") -> Path:
+def write_graph(model: nn.Module, meta: dict, path, fold: str = "neurons") -> Path:
     """``nir.write`` of ``to_graph(model, meta, fold)`` to ``path``, atomically."""
     path = Path(path)
     graph = to_graph(model, meta, fold)
@@ -180,37 +196,32 @@ class GraphLIF(nn.Module):
         return torch.stack(spikes)
 
 
-class GraphNetwork(SpikingCNN):
-    """A ``SpikingCNN`` assembled from a graph's nodes: no BatchNorm, NIR's neurons."""
-
-    def __init__(self, convs, fcs, out: nn.Linear, timesteps: int, readout_decay: float):
-        nn.Module.__init__(self)
-        self.convs, self.fcs, self.out = nn.ModuleList(convs), nn.ModuleList(fcs), out
-        self.timesteps, self.readout_decay = timesteps, readout_decay
-
-
 class NotTwinsnnShaped(Exception):
     """The graph is readable but not the shape ``to_graph`` writes; says why."""
 
 
-def _chain(graph: nir.NIRGraph) -> list[tuple[str, nir.NIRNode]]:
-    """The graph's nodes from its one ``Input`` to its one ``Output`` along single edges."""
-    successor, has_pred = {}, set()
+def _order(graph: nir.NIRGraph) -> tuple[list[str], dict[str, list[str]]]:
+    """The graph's node names from its one ``Input`` in an order where every node comes after
+    its inputs, and each node's inputs; ``NotTwinsnnShaped`` for a cycle, a node not reached
+    from the input, or other than one ``Input`` and one ``Output``."""
+    inputs = {name: [] for name in graph.nodes}
     for src, dst in graph.edges:
-        if src in successor or dst in has_pred:
-            raise NotTwinsnnShaped("it branches (a node with two inputs or two outputs)")
-        successor[src] = dst
-        has_pred.add(dst)
-    inputs = [k for k, n in graph.nodes.items() if isinstance(n, nir.Input)]
-    if len(inputs) != 1:
-        raise NotTwinsnnShaped(f"it has {len(inputs)} Input nodes, not 1")
-    chain, name = [], inputs[0]
-    while name is not None and len(chain) <= len(graph.nodes):
-        chain.append((name, graph.nodes[name]))
-        name = successor.get(name)
-    if len(chain) != len(graph.nodes) or not isinstance(chain[-1][1], nir.Output):
-        raise NotTwinsnnShaped("it is not one chain of nodes from its Input to an Output")
-    return chain
+        if src not in inputs or dst not in inputs:
+            raise NotTwinsnnShaped(f"an edge names a node it does not have ({src} -> {dst})")
+        inputs[dst].append(src)
+    for kind in (nir.Input, nir.Output):
+        found = [k for k, n in graph.nodes.items() if isinstance(n, kind)]
+        if len(found) != 1:
+            raise NotTwinsnnShaped(f"it has {len(found)} {kind.__name__} nodes, not 1")
+    order, placed = [], set()
+    while len(order) < len(graph.nodes):
+        ready = [n for n in graph.nodes if n not in placed and all(i in placed for i in inputs[n])
+                 and (inputs[n] or isinstance(graph.nodes[n], nir.Input))]
+        if not ready:
+            raise NotTwinsnnShaped("it has a cycle or a node not reached from its Input")
+        order += ready
+        placed.update(ready)
+    return order, inputs
 
 
 def _array(node, field: str) -> np.ndarray:
@@ -276,36 +287,69 @@ def _pool(node) -> nn.Module:
     return nn.AvgPool2d(k, divisor_override=1 if isinstance(node, nir.SumPool2d) else None)
 
 
-def _assemble(chain, info: dict) -> GraphNetwork:
-    """Parse the chain ``Input, (Conv2d, LIF[, pool])+, Flatten, (Affine, LIF)*, Affine, LI,
-    Output`` into a ``GraphNetwork``."""
-    dt, nodes = float(info["dt"]), [n for _, n in chain[1:-1]]
-    synapses, neurons = (nir.Conv2d, nir.Affine, nir.Linear), nir.LIF
-    convs, fcs, i = [], [], 0
-    while i + 1 < len(nodes) and isinstance(nodes[i], synapses) and \
-            isinstance(nodes[i + 1], neurons):
-        block = SpikingBlock(_torch_synapse(nodes[i]), nn.Identity(),
-                             GraphLIF(**_neuron_params(nodes[i + 1], dt)))
-        i += 2
-        if i < len(nodes) and isinstance(nodes[i], (nir.AvgPool2d, nir.SumPool2d)):
-            block.pool = _pool(nodes[i])
-            i += 1
-        if isinstance(block.synapse, nn.Conv2d):
-            if fcs:
-                raise NotTwinsnnShaped("a Conv2d follows a fully connected layer")
-            convs.append(block)
+SYNAPSES = (nir.Conv2d, nir.Affine, nir.Linear)
+
+
+def _assemble(graph: nir.NIRGraph, info: dict) -> SpikingNetwork:
+    """The ``SpikingNetwork`` of a graph made of ``Input``, synapse-LIF pairs (a layer),
+    ``AvgPool2d`` / ``SumPool2d``, ``Flatten``, and an ``Affine`` -> ``LI`` readout before the
+    ``Output``; a node with several inputs reads their sum."""
+    dt, order, inputs = float(info["dt"]), *_order(graph)
+    readers = {name: [d for s, d in graph.edges if s == name] for name in graph.nodes}
+    ours, nodes, blocks, pools, out, decay = {}, [], [], [], None, None
+    for name in order:
+        node = graph.nodes[name]
+        if isinstance(node, nir.Input):
+            ours[name] = INPUT
+            continue
+        if name in ours:  # the LIF or LI of a pair, placed with its synapse
+            continue
+        sources = [ours[i] for i in inputs[name]]
+        if isinstance(node, nir.Output):
+            if out is None or sources != ["out"]:
+                raise NotTwinsnnShaped("its Output does not read an Affine -> LI readout")
+            continue
+        if out is not None:
+            raise NotTwinsnnShaped(f"node {name} comes after the readout")
+        if len(sources) > 1:
+            nodes.append(Node(f"{name}.sum", "add", tuple(sources)))
+            sources = [f"{name}.sum"]
+        if isinstance(node, SYNAPSES):
+            after = readers[name]
+            if len(after) != 1 or len(inputs[after[0]]) != 1:
+                raise NotTwinsnnShaped(f"synapse {name} does not feed one neuron node alone")
+            neuron = graph.nodes[after[0]]
+            if isinstance(neuron, nir.LIF):
+                blocks.append(SpikingBlock(_torch_synapse(node), nn.Identity(),
+                                           GraphLIF(**_neuron_params(neuron, dt))))
+                layer = name[:-len(".synapse")] if name.endswith(".synapse") else name
+                nodes.append(Node(layer, "layer", tuple(sources), blocks[-1]))
+                ours[name] = ours[after[0]] = layer
+                continue
+            if not isinstance(neuron, (nir.LI, nir.I)) or \
+                    not isinstance(node, (nir.Affine, nir.Linear)):
+                raise NotTwinsnnShaped(f"synapse {name} feeds a {type(neuron).__name__}; "
+                                       "expected a LIF, or an LI readout after an Affine")
+            out, decay = _torch_synapse(node), _readout_decay(neuron, dt)
+            nodes.append(Node("out", "readout", tuple(sources), out))
+            ours[name] = ours[after[0]] = "out"
+            continue
+        if isinstance(node, (nir.AvgPool2d, nir.SumPool2d)):
+            pools.append(_pool(node))
+            nodes.append(Node(name, "pool", tuple(sources), pools[-1]))
+        elif isinstance(node, nir.Flatten):
+            nodes.append(Node(name, "flatten", tuple(sources)))
         else:
-            fcs.append(block)
-        if i < len(nodes) and isinstance(nodes[i], nir.Flatten) and convs and not fcs:
-            i += 1
-    rest = nodes[i:]
-    if not convs or len(rest) != 2 or not isinstance(rest[0], (nir.Affine, nir.Linear)) \
-            or not isinstance(rest[1], (nir.LI, nir.I)):
-        found = ", ".join(type(n).__name__ for n in nodes)
-        raise NotTwinsnnShaped(f"expected Conv2d-LIF blocks, then Affine-LIF blocks, then Affine and "
-                      f"an LI readout; found {found[:300]}")
-    return GraphNetwork(convs, fcs, _torch_synapse(rest[0]), int(info["timesteps"]),
-                        _readout_decay(rest[1], dt))
+            raise NotTwinsnnShaped(f"node {name} is a {type(node).__name__}, which twinsnn "
+                                   "does not read here")
+        ours[name] = name
+    if out is None:
+        raise NotTwinsnnShaped("it has no Affine -> LI readout")
+    modules = {"layers": nn.ModuleList(blocks), "pools": nn.ModuleList(pools), "out": out}
+    try:
+        return SpikingNetwork(modules, nodes, int(info["timesteps"]), decay)
+    except ValueError as e:
+        raise NotTwinsnnShaped(str(e)) from None
 
 
 def _info(graph: nir.NIRGraph) -> dict:
@@ -326,7 +370,7 @@ def _info(graph: nir.NIRGraph) -> dict:
     return info
 
 
-def read_graph(path) -> tuple[GraphNetwork, dict]:
+def read_graph(path) -> tuple[SpikingNetwork, dict]:
     """Build and check the network a NIR file describes: ``(model in eval mode, meta)``;
     ``CheckpointError`` (one line) for a missing, damaged or not twinsnn-shaped file."""
     path = Path(path)
@@ -339,9 +383,10 @@ def read_graph(path) -> tuple[GraphNetwork, dict]:
     try:
         if not isinstance(graph, nir.NIRGraph):
             raise NotTwinsnnShaped("it holds a single node, not a graph")
-        info, chain = _info(graph), _chain(graph)
-        model = _assemble(chain, info).eval()
-        shape = np.asarray(chain[0][1].input_type["input"]).tolist()
+        info = _info(graph)
+        model = _assemble(graph, info).eval()
+        (source,) = [n for n in graph.nodes.values() if isinstance(n, nir.Input)]
+        shape = np.asarray(source.input_type["input"]).tolist()
         with torch.no_grad():
             model(torch.zeros(1, *shape))  # every shape fits
     except NotTwinsnnShaped as e:

@@ -21,6 +21,8 @@ built before compression keeps updating it with its state intact.
 from __future__ import annotations
 
 import copy
+import fnmatch
+from typing import Callable, Sequence, Union
 
 import torch
 from torch import nn
@@ -154,19 +156,52 @@ def quantizer(module: nn.Module) -> Quantize | None:
     return found[0] if found else None
 
 
-def _ends(model: nn.Module) -> tuple[nn.Module, nn.Module]:
-    return model.convs[0].synapse, model.out
+SYNAPSES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)  # the layers compression considers
+Selector = Union[None, str, Sequence[str], type, tuple, Callable[[str, nn.Module], bool]]
+
+
+def _selected(name: str, module: nn.Module, layers: Selector) -> bool:
+    if layers is None:
+        return True
+    if isinstance(layers, str):
+        layers = [p.strip() for p in layers.split(",") if p.strip()]
+    if isinstance(layers, type) or (isinstance(layers, tuple) and all(
+            isinstance(t, type) for t in layers)):
+        return isinstance(module, layers)
+    if callable(layers):
+        return bool(layers(name, module))
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in layers)
+
+
+def select_layers(model: nn.Module, layers: Selector = None,
+                  full_precision_ends: bool = True) -> list[str]:
+    """Names of the layers ``compress`` quantizes: the conv and linear layers (``SYNAPSES``)
+    of ``model`` in module order, without the first and the last where
+    ``full_precision_ends``, that ``layers`` selects: all (``None``), those whose name
+    matches a pattern (``"fcs.*"``; a comma-separated string or a list, ``fnmatch``
+    patterns), those of a type (or a tuple of types), or those for which a predicate
+    ``(name, module) -> bool`` holds. ``ConfigError`` when none is left."""
+    candidates = [(n, m) for n, m in model.named_modules() if isinstance(m, SYNAPSES)]
+    if full_precision_ends:
+        candidates = candidates[1:-1]
+    chosen = [n for n, m in candidates if _selected(n, m, layers)]
+    if not chosen:
+        names = ", ".join(n for n, _ in candidates)[:300] or "none"
+        raise ConfigError(f"the layer selection {layers!r:.80} matches no layer to compress "
+                          f"(candidates: {names})")
+    return chosen
 
 
 def compress(model: nn.Module, mode: str, delta: float = 0.1,
              full_precision_ends: bool = True, scale: str = "none",
-             delta_rule: str = "absolute", delta_per: str = "layer") -> list[str]:
-    """Quantize the weight of every ``nn.Conv2d``/``nn.Linear`` in ``model`` (except the first
-    conv and the output layer when ``full_precision_ends``). Idempotent: an existing
-    parametrization is reconfigured, never stacked. Returns the compressed layer names."""
-    skip = _ends(model) if full_precision_ends else ()
-    for module in list(model.modules()):
-        if not isinstance(module, (nn.Conv2d, nn.Linear)) or any(module is s for s in skip):
+             delta_rule: str = "absolute", delta_per: str = "layer",
+             layers: Selector = None) -> list[str]:
+    """Quantize the weight of every layer ``select_layers(model, layers,
+    full_precision_ends)`` names. Idempotent: an existing parametrization is reconfigured,
+    never stacked. Returns the compressed layer names."""
+    chosen = set(select_layers(model, layers, full_precision_ends))
+    for name, module in list(model.named_modules()):
+        if name not in chosen:
             continue
         existing = quantizer(module)
         if existing is not None:
@@ -218,12 +253,14 @@ def compression_on(cfg_quant, epoch: int) -> bool:
     return cfg_quant.mode != "none" and epoch >= cfg_quant.start_epoch
 
 
-def set_compression(model: nn.Module, cfg_quant, epoch: int) -> bool:
-    """Compress or decompress ``model`` as ``compression_on`` says; returns whether it is on."""
+def set_compression(model: nn.Module, cfg_quant, epoch: int, layers: Selector = None) -> bool:
+    """Compress or decompress ``model`` as ``compression_on`` says, the layers that
+    ``layers`` (else ``cfg_quant.layers``) selects; returns whether it is on."""
     on = compression_on(cfg_quant, epoch)
     if on:
         compress(model, cfg_quant.mode, cfg_quant.delta, cfg_quant.full_precision_ends,
-                 cfg_quant.scale, cfg_quant.delta_rule, cfg_quant.delta_per)
+                 cfg_quant.scale, cfg_quant.delta_rule, cfg_quant.delta_per,
+                 cfg_quant.layers if layers is None else layers)
     else:
         decompress(model)
     return on

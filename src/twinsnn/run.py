@@ -28,12 +28,14 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, quant
-from .checkpoint import (atomic_write, checkpoint_config, first_line, load_checkpoint,
-                         save_checkpoint, save_model, weights_epoch)
+from . import quant
+from .version import __version__
+from .checkpoint import (checkpoint_config, load_checkpoint, save_checkpoint, save_model,
+                         weights_epoch)
 from .cohort import set_capturable
 from .config import Config, to_dict, to_flat
 from .errors import CheckpointError, ConfigError, TrainingError, TwinsnnError
+from .files import first_line, write_text
 
 # Keys that may differ between a run and the run it branches from: they do not shape the
 # epochs already trained (quant.* and loss.alpha_compressed only while neither run compresses
@@ -155,7 +157,7 @@ def checkpoint_state(cfg: Config, cohort, epoch: int, step: int = 0, rng: dict |
 
 def restore(cohort, state: dict, cfg: Config, path: Path) -> None:
     """Load every member, the optimizer and the schedule of a checkpoint into ``cohort``."""
-    quant.set_compression(cohort.members[0], cfg.quant, weights_epoch(state))
+    quant.set_compression(cohort.members[0], cfg.quant, weights_epoch(state), cohort.layers)
     if len(state["members"]) != len(cohort.members):
         raise CheckpointError(f"{path} holds {len(state['members'])} members; "
                               f"the config trains {len(cohort.members)}")
@@ -177,10 +179,6 @@ def _metrics_before(path: Path, epochs_done: int) -> str:
         return ""
     return "".join(l + "\n" for l in path.read_text().splitlines()
                    if l.strip() and json.loads(l)["epoch"] < epochs_done)
-
-
-def _write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 class RunLock:
@@ -258,13 +256,13 @@ class RunFolder:
         """Let another process write the folder (also done by the kernel at exit)."""
         self.lock.release()
 
-    def start(self, cohort, data, deterministic: bool, source: dict | None,
+    def start(self, cohort, split: dict, deterministic: bool, source: dict | None,
               processes: int = 1) -> int:
         """Write a new run's ``run.json`` and ``metrics.jsonl`` (the source's epochs when
         branching, after restoring its state); returns the first epoch to train."""
         device = next(cohort.members[0].parameters()).device
         info = {"config": to_dict(self.cfg), "member_seeds": cohort.seeds,
-                "data_split": data.split, "twinsnn_version": __version__,
+                "data_split": split, "twinsnn_version": __version__,
                 "code": code_version(), "torch_version": torch.__version__,
                 "deterministic": deterministic, "processes": processes,
                 "machine": machine_info(device),
@@ -278,8 +276,8 @@ class RunFolder:
                                      "name": source["config"]["name"]}
             metrics = _metrics_before(self.branch_from.parent / "metrics.jsonl", start_epoch)
         if self.writer:
-            _write_text(self.metrics, metrics)
-            _write_text(self.dir / "run.json", json.dumps(info, indent=2) + "\n")
+            write_text(self.metrics, metrics)
+            write_text(self.dir / "run.json", json.dumps(info, indent=2) + "\n")
         return start_epoch
 
     def resume(self, cohort) -> dict:
@@ -291,7 +289,7 @@ class RunFolder:
                               "with the same preset and --set values")
         restore(cohort, state, self.cfg, self.checkpoint)
         if self.writer and self.metrics.exists():  # drop lines of epochs written after the checkpoint
-            _write_text(self.metrics, _metrics_before(self.metrics, state["epoch"]))
+            write_text(self.metrics, _metrics_before(self.metrics, state["epoch"]))
         return state
 
     def log(self, record: dict) -> None:

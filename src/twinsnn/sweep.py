@@ -8,12 +8,12 @@ import json
 import os
 from pathlib import Path
 
-from .checkpoint import atomic_write, first_line
+from .files import first_line, write_text
 from .config import Config, coerce, load_config, parse_overrides, resolve_key
 from .errors import ConfigError, TwinsnnError, lookup
-from .evaluate import evaluate_file
+from .inference import evaluate_file
 from .report import best_first, format_summary, load_run, summarize
-from .train import fit
+from .api import fit
 
 
 def grid(sets: list[str], seeds: list[int]) -> list[dict]:
@@ -40,7 +40,7 @@ def final_test(run_dir: Path) -> None:
     if not path.exists():
         report = evaluate_file(run_dir / "model.safetensors", split="test")
         text = json.dumps({k: report[k] for k in ("split", "samples", "accuracy", "loss")}) + "\n"
-        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+        write_text(path, text)
 
 
 def train_point(cfg: Config, progress: bool = True, cwd: str | None = None) -> None:
@@ -49,7 +49,7 @@ def train_point(cfg: Config, progress: bool = True, cwd: str | None = None) -> N
     if cwd is not None:
         os.chdir(cwd)
     run_dir = Path(cfg.out_dir) / cfg.name
-    fit(cfg, resume=(run_dir / "checkpoint.pt").exists(), progress=progress)
+    fit(config=cfg, resume=(run_dir / "checkpoint.pt").exists(), progress=progress)
 
 
 def run_local(cfgs: list[Config], progress: bool, address: str | None = None) -> None:

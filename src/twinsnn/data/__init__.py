@@ -11,10 +11,12 @@ and ``build_data`` adds the seeded validation split.
 from __future__ import annotations
 
 import torch
+from torch.utils.data import TensorDataset
 
 from ..errors import lookup
 from . import cifar, cifar10_dvs, fashion_mnist
 from .splits import DataSplits, Dataset, split_validation, stratified_subset
+from .transforms import Preprocess
 
 DATASETS = {"fashion-mnist": fashion_mnist, "cifar10": cifar.CIFAR10, "cifar100": cifar.CIFAR100,
             "cifar10-dvs": cifar10_dvs}
@@ -22,6 +24,17 @@ DATASETS = {"fashion-mnist": fashion_mnist, "cifar10": cifar.CIFAR10, "cifar100"
 
 def dataset_module(name: str):
     return lookup(DATASETS, name, "data.name")
+
+
+def tensor_datasets(data: DataSplits) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
+    """The train, validation and test splits as torch ``TensorDataset``s of model input:
+    normalized float images ``[N, C, H, W]`` (frames ``[N, T, C, H, W]``, sample-major) and
+    int64 labels."""
+    preprocess, out = Preprocess(data, augment=False), []
+    for split in (data.train, data.val, data.test):
+        x = preprocess(split.x)
+        out.append(TensorDataset(x.transpose(0, 1) if x.dim() == 5 else x, split.y))
+    return tuple(out)
 
 
 def build_data(cfg, timesteps: int) -> DataSplits:
@@ -42,4 +55,5 @@ def build_data(cfg, timesteps: int) -> DataSplits:
                       source.AUGMENTATION, {**split, **provenance})
 
 
-__all__ = ["DATASETS", "DataSplits", "Dataset", "build_data", "dataset_module"]
+__all__ = ["DATASETS", "DataSplits", "Dataset", "build_data", "dataset_module",
+           "tensor_datasets"]

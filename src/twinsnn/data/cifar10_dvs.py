@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from . import store
-from ..checkpoint import atomic_write
+from ..files import atomic_write
 from ..errors import ConfigError, DataError, WriteError
 from .idx import read_at_most
 from .splits import Dataset

@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
-from ..checkpoint import atomic_write
+from ..files import atomic_write
 from ..errors import DataError
 
 

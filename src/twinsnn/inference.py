@@ -4,6 +4,7 @@ export or NIR graph) on the test (or validation) split of the data set it was tr
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -12,37 +13,49 @@ import torch.nn.functional as F
 from .analysis import firing_rates, format_operations, operations, recording
 from .checkpoint import load_checkpoint, load_model, member_from_checkpoint
 from .config import from_record
-from .data import Dataset, build_data
+from .data import build_data
+from .data.feeds import TensorFeed
 from .data.transforms import Preprocess
 from .errors import CheckpointError, ConfigError
+from .losses import logits_of
+from .neurons import reset_states
 from .runtime import place, resolve_device
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, data: Dataset, preprocess: Preprocess, batch_size: int,
-             device: torch.device, num_classes: int) -> dict:
-    """Accuracy, mean CE, confusion matrix ``[true, predicted]`` and firing rates."""
+def evaluate(model: torch.nn.Module, feed, batch_size: int,
+             reset: Callable[[torch.nn.Module], None] = reset_states) -> dict:
+    """Accuracy, mean CE, confusion matrix ``[true, predicted]`` and firing rates of ``model``
+    on a feed's batches in order (``data.feeds``), its state ``reset`` before each batch."""
     was_training = model.training
     model.eval()
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
-    loss_sum = torch.zeros((), device=device)
+    confusion, loss_sum, seen = None, 0.0, 0
     with firing_rates(model) as rates:
-        for start in range(0, len(data), batch_size):
-            x = preprocess(data.x[start:start + batch_size].to(device))
-            y = data.y[start:start + batch_size].to(device)
-            logits = model(x)
+        for x, y in feed.in_order(batch_size):
+            reset(model)
+            logits = logits_of(model(x))
+            k = logits.shape[1]
+            if confusion is None:
+                confusion = torch.zeros(k, k, dtype=torch.long, device=logits.device)
+                loss_sum = torch.zeros((), device=logits.device)
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
-            confusion += torch.bincount(y * num_classes + logits.argmax(1),
-                                        minlength=num_classes ** 2).view(num_classes, num_classes)
+            confusion += torch.bincount(y * k + logits.argmax(1), minlength=k * k).view(k, k)
+            seen += len(y)
     model.train(was_training)
-    n = max(len(data), 1)
-    return {"acc": confusion.diag().sum().item() / n, "loss": loss_sum.item() / n,
-            "confusion": confusion.cpu().tolist(), "rates": rates}
+    n = max(seen, 1)
+    return {"acc": confusion.diag().sum().item() / n if seen else 0.0,
+            "loss": float(loss_sum) / n, "confusion": confusion.cpu().tolist() if seen else [],
+            "rates": rates}
 
 
-def load_network(path: Path, member: int = 0):
+def load_network(path: Path, member: int = 0, model: torch.nn.Module | None = None):
     """``(model, meta)`` from ``model.safetensors``, ``checkpoint.pt``, a ``.tnn`` or a
-    ``.nir`` file."""
+    ``.nir`` file; ``model``: a fresh network of your own class to load the weights into (a
+    built-in one is built from the file)."""
+    path = Path(path)
+    if model is not None and path.suffix not in (".tnn", ".safetensors"):
+        raise CheckpointError(f"{path}: a network of your own loads from a .tnn export or a "
+                              "model.safetensors")
     if member != 0 and path.suffix in (".nir", ".safetensors"):
         raise CheckpointError(f"{path} holds the base network only; use checkpoint.pt "
                               "for --member")
@@ -51,9 +64,9 @@ def load_network(path: Path, member: int = 0):
         model, meta = read_graph(path)
     elif path.suffix == ".tnn":
         from .export import load_packed
-        model, meta = load_packed(path)
+        model, meta = load_packed(path, model)
     elif path.suffix == ".safetensors":
-        model, meta = load_model(path)
+        model, meta = load_model(path, model)
     else:
         state = load_checkpoint(path)
         model, meta = member_from_checkpoint(state, member, path), state["meta"]
@@ -87,10 +100,9 @@ def evaluate_file(path: Path, member: int = 0, data_dir: str | None = None,
     data = build_data(cfg.data, cfg.model.timesteps)
     model = place(model, cfg.train, dev).eval()
     dataset = data.test if split == "test" else data.val
-    preprocess = Preprocess(data, False, cfg.train.channels_last)
+    feed = TensorFeed(dataset, Preprocess(data, False, cfg.train.channels_last), dev)
     with recording(model) as rec:
-        result = evaluate(model, dataset, preprocess, cfg.train.eval_batch_size, dev,
-                          data.num_classes)
+        result = evaluate(model, feed, cfg.train.eval_batch_size)
     return {"model": str(path), "member": member, "integer": integer, "data": data.name,
             "split": split, "samples": len(dataset), "accuracy": result["acc"],
             "loss": result["loss"], "confusion": result["confusion"],

@@ -1,0 +1,286 @@
+"""Training any network with twin network augmentation and delayed ternary compression.
+
+``fit`` is the one trainer: the command line and the presets call it too. Its model is a
+factory (a function returning a fresh ``nn.Module``: a SpikingJelly, snnTorch, Norse or plain
+PyTorch network) or the name of a built-in architecture; its data a map-style ``Dataset``
+or a ``DataLoader`` of ``(x, y)`` batches, or the name of a built-in data set. Settings are
+config keys by their bare names (``epochs=2``, ``alpha=1e-5``, ``mode="ternary"``), on top
+of ``config`` (a ``Config``, a preset name or YAML file, or a dict of keys)::
+
+    run = twinsnn.fit(make_net, train_set, val=val_set, strategy="tna", alpha=1e-5,
+                      mode="ternary", start_epoch=1, delta_rule="mean_abs", delta=0.5,
+                      epochs=2, out_dir="runs", name="mine")
+    twinsnn.export(run.model, "runs/mine.tnn")
+    net = twinsnn.load("runs/mine.tnn", model=make_net())
+
+The model contract: ``model(x)`` returns logits ``[B, K]`` or per-timestep outputs
+``[T, B, K]`` (logits: their sum over T); ``x`` is what the data gives, or, with
+``encoding="repeat"``, a static batch repeated over ``timesteps`` (``[T, B, ...]``).
+Neuron state is cleared before every batch by ``reset`` (``neurons.reset_states``:
+SpikingJelly and snnTorch neurons as they are).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .checkpoint import load_model, parse_spec
+from .cohort import build_cohort
+from .config import Config, from_flat, load_config, resolve_key, to_flat
+from .data import build_data, tensor_datasets
+from .data.feeds import DatasetFeed, LoaderFeed, TensorFeed
+from .data.splits import Dataset
+from .data.transforms import Preprocess
+from .distributed import join, leave, synchronize_batchnorm
+from .errors import ConfigError, TwinsnnError
+from . import inference
+from .export import export_packed
+from .graphs import make_step
+from .inference import load_network
+from .losses import logits_of, strategy_from_config
+from .models import build_model, model_spec
+from .neurons import reset_states
+from .quant import Selector
+from .run import RunFolder, StopSignal
+from .runtime import configure, resolve_device
+from .train import Training, train
+
+
+@dataclass
+class Run:
+    """A finished (or stopped) run: its folder, config, trained networks (base first; the
+    base compressed where the run compressed it) and last epoch's metrics; ``complete``
+    when every epoch was trained (and ``model.safetensors`` written)."""
+
+    dir: Path
+    config: Config
+    members: list[nn.Module]
+    record: dict
+    complete: bool
+
+    @property
+    def model(self) -> nn.Module:
+        """The base network, the one a run is for (twins are discarded after training)."""
+        return self.members[0]
+
+    @property
+    def metrics(self) -> list[dict]:
+        """Every epoch's record, as ``metrics.jsonl`` holds them (rank 0 writes them)."""
+        lines = (self.dir / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+
+def make_config(config: Config | str | dict | None = None, **settings) -> Config:
+    """A ``Config`` from ``config`` (a ``Config``, a preset name or YAML path, a dict of keys
+    or None for the defaults) with ``settings`` (bare or full key names) on top."""
+    if isinstance(config, Config):
+        flat = to_flat(config)
+    elif isinstance(config, (str, dict)) or config is None:
+        flat = to_flat(load_config(config if isinstance(config, str) else None,
+                                   config if isinstance(config, dict) else {}))
+    else:
+        raise ConfigError(f"config must be a Config, a preset name, a YAML path or a dict, "
+                          f"not a {type(config).__name__}")
+    return from_flat({**flat, **{resolve_key(k): v for k, v in settings.items()}})
+
+
+def _repeat(cfg: Config) -> int | None:
+    return cfg.model.timesteps if cfg.model.encoding == "repeat" else None
+
+
+def _user_feed(source, device, cfg: Config, workers: int, name: str):
+    if source is None:
+        return None
+    repeat = _repeat(cfg)
+    if isinstance(source, DataLoader):
+        return LoaderFeed(source, device, cfg.train.channels_last, name, repeat)
+    return DatasetFeed(source, device, workers, cfg.train.channels_last, name, repeat)
+
+
+def _first_sample(feed) -> torch.Tensor:
+    """The first sample of a user's feed, to size a built-in network for it."""
+    x, _ = next(iter(feed.in_order(1)))
+    return x[0]
+
+
+def _builtin_meta(cfg: Config, classes: int, channels: int, size, data: dict) -> dict:
+    return {"model": model_spec(cfg.model, classes, channels, size), "data": data,
+            "config": to_flat(cfg)}
+
+
+def _parts(model, data, val, test, cfg: Config, device, classes, workers):
+    """``(factory, train feed, evaluated feeds, split record, meta)`` of a run."""
+    if data is None or isinstance(data, str):  # a built-in data set, on the device
+        splits = build_data(cfg.data, cfg.model.timesteps)
+        if val is not None or test is not None:
+            raise ConfigError("val= and test= go with a Dataset or DataLoader of your own; a "
+                              "built-in data set brings its own validation and test splits")
+        train_feed = TensorFeed(Dataset(splits.train.x.to(device), splits.train.y.to(device)),
+                                Preprocess(splits, cfg.data.augment, cfg.train.channels_last),
+                                device, _repeat(cfg))
+        plain = Preprocess(splits, False, cfg.train.channels_last)
+        evals = {"val": TensorFeed(splits.val, plain, device, _repeat(cfg))}
+        if cfg.train.eval_test:
+            evals["test"] = TensorFeed(splits.test, plain, device, _repeat(cfg))
+        shape = (splits.num_classes, splits.in_channels, splits.image_size)
+        data_meta = {"name": splits.name, "mean": list(splits.mean), "std": list(splits.std)}
+        split = splits.split
+    else:
+        train_feed = _user_feed(data, device, cfg, workers, "the training data")
+        evals = {"val": _user_feed(val, device, cfg, workers, "the validation data")}
+        if test is not None and cfg.train.eval_test:
+            evals["test"] = _user_feed(test, device, cfg, workers, "the test data")
+        shape, data_meta = None, {"name": type(data).__name__, "mean": None, "std": None}
+        split = {"train_size": len(train_feed),
+                 "val_size": len(evals["val"]) if evals["val"] is not None else 0}
+    if model is None or isinstance(model, str):  # a built-in architecture
+        if shape is None:
+            if classes is None:
+                raise ConfigError("a built-in architecture on data of your own needs the "
+                                  "number of classes: fit(..., classes=K)")
+            sample = _first_sample(train_feed)
+            shape = (classes, sample.shape[-3], tuple(sample.shape[-2:]))
+        factory = lambda: build_model(cfg.model, *shape)  # noqa: E731
+        return factory, train_feed, evals, split, _builtin_meta(cfg, *shape, data_meta)
+    if not callable(model) or isinstance(model, nn.Module):
+        raise TwinsnnError("model= takes a function that builds a fresh network (e.g. "
+                           "lambda: MyNet()), so that every member starts from its own "
+                           f"initialization; got {type(model).__name__}")
+    meta = {"model": {"class": None}, "data": data_meta, "config": to_flat(cfg)}
+    return model, train_feed, evals, split, meta
+
+
+def _teacher(cfg: Config, factory, meta: dict, given: nn.Module | None) -> nn.Module | None:
+    """The frozen network KD learns from: ``given``, or ``loss.teacher`` loaded into a network
+    of the student's kind (built-in: checked to be the same architecture)."""
+    if given is not None or cfg.loss.strategy not in ("kd", "kd+ce") or not cfg.loss.teacher:
+        return given
+    builtin = "arch" in meta["model"]
+    teacher, their = load_model(Path(cfg.loss.teacher), None if builtin else factory())
+    if builtin and parse_spec(their.get("model")) != parse_spec(meta["model"]):
+        raise ConfigError(f"teacher {cfg.loss.teacher} is a different network "
+                          f"({their.get('model')}) than the student ({meta['model']})")
+    return teacher
+
+
+def fit(model: Callable[[], nn.Module] | str | None = None, data=None, *, val=None, test=None,
+        config: Config | str | dict | None = None, layers: Selector = None,
+        teacher: nn.Module | None = None, reset: Callable[[nn.Module], None] = reset_states,
+        classes: int | None = None, workers: int = 0, resume: bool = False,
+        branch_from: Path | str | None = None, progress: bool = True,
+        on_epoch_end: Callable[[dict], bool | None] | None = None, **settings) -> Run:
+    """Train as the config says (module docstring) and return the ``Run``.
+
+    ``model``: a factory of fresh networks, or a built-in architecture's name (default: the
+    config's ``model.arch``). ``data``: a map-style ``Dataset`` or ``DataLoader`` of
+    ``(x, y)``, with ``val`` and ``test`` alike (test is evaluated only with
+    ``eval_test=True``), or a built-in data set's name (default: the config's ``data.name``;
+    it brings its validation and test splits). ``layers``: which layers compression takes
+    (``quant.select_layers``: names, patterns, types or a predicate; default all conv and
+    linear layers but the first and the last). ``teacher``: the frozen network of ``kd`` and
+    ``kd+ce`` (default: ``loss.teacher`` loaded). ``reset``: clears a network's state before
+    each batch. ``classes``: the class count, for a built-in architecture on data of your
+    own. ``workers``: DataLoader processes for a ``Dataset``. ``resume``: continue the run in
+    its folder; ``branch_from``: start from another run's end-of-epoch checkpoint
+    (``run.check_branch``). ``on_epoch_end(record)``: called with each epoch's metrics once
+    they are saved; a true return stops the run (``resume=True`` continues it).
+
+    Writes ``<out_dir>/<name>/`` (``run.RunFolder``); SIGINT/SIGTERM stop it cleanly when
+    called in the main thread; under ``torchrun`` it trains data-parallel, rank 0 writing.
+    Bad input raises ``TwinsnnError`` with a one-line message.
+    """
+    cfg = make_config(config, **settings)
+    if isinstance(model, str):
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, arch=model))
+    if isinstance(data, str):
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, name=data))
+    cfg = from_flat(to_flat(cfg))  # the names checked as config values
+    world = join(resolve_device(cfg.train.device))
+    run, cohort = RunFolder(cfg, world.writer), None
+    try:
+        source = world.agree(run.check, resume, branch_from)
+        device, deterministic = configure(cfg.train)
+        device = world.device(device)
+        strategy = strategy_from_config(cfg.loss)
+        factory, train_feed, evals, split, meta = _parts(model, data, val, test, cfg, device,
+                                                         classes, workers)
+        cohort = build_cohort(cfg, factory, strategy, device,
+                              _teacher(cfg, factory, meta, teacher), meta, reset, layers)
+        if "class" in meta["model"]:  # a network of the user's own
+            kind = type(cohort.members[0])
+            meta["model"]["class"] = f"{kind.__module__}.{kind.__qualname__}"
+        t = Training(cfg, cohort, strategy, train_feed, evals, run, StopSignal(),
+                     make_step(cohort, strategy, cfg.train, world), progress and world.writer,
+                     world)
+        # the handler is in place before run.json exists: a run that shows up can be stopped
+        # cleanly at any moment
+        with t.stop:
+            state = run.resume(cohort) if resume else None
+            first = state["epoch"] if resume else run.start(cohort, split, deterministic,
+                                                            source, world.size)
+            if world.active and cfg.train.sync_batchnorm:
+                synchronize_batchnorm(cohort.members, device)
+            record, complete = train(t, first, state, on_epoch_end)
+        if complete:
+            run.finish(cohort.members[0], cohort.meta)
+        for member in cohort.members:  # as the user's own would be (channels-last trains faster)
+            member.to(memory_format=torch.contiguous_format)
+        return Run(run.dir, cfg, cohort.members, record, complete)
+    finally:
+        run.release()
+        leave(world, cohort)
+
+
+def datasets(name: str = "fashion-mnist", **settings) -> tuple:
+    """The train, validation and test splits of a built-in data set (``data.*`` settings by
+    bare name: ``train_size``, ``val_size``, ``dir`` ...) as torch ``TensorDataset``s of model
+    input: normalized float images and int64 labels (``data.tensor_datasets``)."""
+    cfg = make_config(None, **{"data.name": name, **settings})
+    return tensor_datasets(build_data(cfg.data, cfg.model.timesteps))
+
+
+def export(model: nn.Module, path, meta: dict | None = None) -> Path:
+    """Write the (compressed) ``model`` as a packed file: ternary weights at 2 bits, binary
+    at 1, everything else float32 (``export.export_packed``); ``meta`` (JSON) goes in its
+    header, by default the model's class. Load it back with ``load``."""
+    kind = type(model)
+    return export_packed(model, path, meta or {"model": {
+        "class": f"{kind.__module__}.{kind.__qualname__}"}})
+
+
+def load(path, model: nn.Module | None = None) -> nn.Module:
+    """The network in a ``.tnn`` export or a ``model.safetensors`` (or, for the built-in
+    networks, a ``checkpoint.pt`` or ``.nir`` graph), in eval mode: its weights loaded into
+    ``model``, a fresh network of your own class, or into the built-in network the file
+    describes. Compressed weights come back as the exact ``codes * scale`` floats."""
+    return load_network(Path(path), model=model)[0]
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor,
+            reset: Callable[[nn.Module], None] = reset_states) -> torch.Tensor:
+    """Logits ``[B, K]`` of ``model`` on the batch ``x`` (as the model takes it), in eval
+    mode, its neurons' state cleared first."""
+    model.eval()
+    reset(model)
+    return logits_of(model(x))
+
+
+def evaluate(model: nn.Module, data, batch_size: int = 1000, device: str | None = None,
+             reset: Callable[[nn.Module], None] = reset_states) -> dict:
+    """Accuracy, mean cross-entropy, confusion matrix and firing rates of ``model`` on a
+    ``Dataset`` or ``DataLoader`` of ``(x, y)`` (``inference.evaluate``), on ``device``
+    (default: where the model is)."""
+    place = torch.device(device) if device else next(model.parameters()).device
+    loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size)
+    return inference.evaluate(model.to(place), LoaderFeed(loader, place), batch_size, reset)
+
+
+__all__ = ["Run", "datasets", "evaluate", "export", "fit", "load", "make_config", "predict"]
