@@ -22,6 +22,7 @@ import torch
 
 from test_cli import TINY, twinsnn
 from twinsnn.config import load_config
+from twinsnn.models import MODELS
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone",
             "--nproc_per_node", "2"]
@@ -145,13 +146,17 @@ def tna_train_args(data_dir, runs) -> list:
             "--name", "ddp", "--quiet"]
 
 
-def test_two_process_run_ends_cleanly_across_the_compression_switch(tmp_path, tiny_fmnist):
+@pytest.mark.parametrize("arch", sorted(MODELS))
+def test_two_process_run_ends_cleanly_across_the_compression_switch(tmp_path, tiny_fmnist,
+                                                                    arch):
     """torchrun with 2 processes to the end of a TNA run whose base goes ternary at epoch 1
-    (the parametrization moves the weights DDP had hooked): both ranks leave (the DDP module
-    is released before its process group), the model is written, every epoch logged once."""
+    (the parametrization moves the weights DDP had hooked), for every architecture: both
+    ranks leave (the DDP module is released before its process group), the model is
+    written, every epoch logged once."""
     args = tna_train_args(tiny_fmnist, tmp_path / "runs")
     proc = subprocess.run([*TORCHRUN, "-m", "twinsnn", *map(str, args), "--set", "epochs=3",
-                           "--set", "quant.mode=ternary", "--set", "quant.start_epoch=1"],
+                           "--set", "quant.mode=ternary", "--set", "quant.start_epoch=1",
+                           "--set", f"model.arch={arch}", "--set", "model.timesteps=2"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=2 * RANK_TIMEOUT,
                           env=ONE_THREAD)
     assert proc.returncode == 0, proc.stderr[-3000:]
