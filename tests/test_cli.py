@@ -49,10 +49,74 @@ def assert_one_line_error(proc, *fragments):
 
 def test_help_explains_the_commands(tmp_path):
     out = twinsnn("--help", cwd=tmp_path, check_rc=0).stdout
-    for word in ("train", "eval", "data", "export", "sweep", "plot", "config show",
+    for word in ("train", "eval", "predict", "data", "export", "sweep", "plot", "config show",
                  "twin network augmentation"):
         assert word in out
     assert twinsnn("--version", cwd=tmp_path, check_rc=0).stdout == f"twinsnn {__version__}\n"
+
+
+def _parsers(parser, prefix="twinsnn"):
+    """``(name, parser)`` of every (sub)command."""
+    for action in parser._subparsers._group_actions if parser._subparsers else []:
+        for name, sub in action.choices.items():
+            yield f"{prefix} {name}", sub
+            yield from _parsers(sub, f"{prefix} {name}")
+
+
+def test_every_command_and_flag_explains_itself():
+    from twinsnn.cli import build_parser
+    commands = dict(_parsers(build_parser()))
+    assert {"twinsnn train", "twinsnn predict", "twinsnn data check", "twinsnn config show"} \
+        <= set(commands)
+    for name, parser in commands.items():
+        assert parser.description and "examples:\n  twinsnn" in parser.epilog, name
+        for action in parser._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest}"
+
+
+def test_suggestions_descriptions_and_meanings(tmp_path, capsys):
+    assert_one_line_error(cli(capsys, "trian"), "did you mean train?")
+    assert_one_line_error(cli(capsys, "train", "--set", "alhpa=1"), "did you mean alpha?")
+    assert_one_line_error(cli(capsys, "train", "--config", "fmnist-cpu-tnaa"),
+                          "did you mean fmnist-cpu-tna?")
+    for group, action in (("data", "check"), ("config", "show")):
+        proc = cli(capsys, group)
+        assert proc.returncode == 2 and f"twinsnn {group} {action}" in proc.stdout
+    presets = cli(capsys, "presets").stdout.splitlines()
+    from twinsnn.config import leaf_keys, preset_names
+    assert len(presets) == len(preset_names())
+    assert all(len(line.split(None, 1)) == 2 for line in presets)
+    explained = cli(capsys, "config", "show", "--explain").stdout.splitlines()
+    assert len(explained) == len(leaf_keys())
+    assert all(line.split("#", 1)[1].strip() for line in explained)
+    assert any(line.startswith("loss.alpha = 0.0001") and "eq. 5" in line for line in explained)
+
+
+HOSTILE = ["-1", "0", "1e308", "-1e-308", "nan", "inf", "''", "[1, 2]", "{a: 1}", "true",
+           "99999999999999999999999", "x" * 300, "~", "!!python/object:os.system 'ls'"]
+
+
+def test_no_value_of_any_key_is_a_traceback(capsys):
+    from twinsnn.config import leaf_keys
+    for key in leaf_keys():
+        for value in HOSTILE:
+            proc = cli(capsys, "config", "show", "--set", f"{key}={value}")
+            assert proc.returncode in (0, 2), (key, value)
+            if proc.returncode:
+                assert len(proc.stderr.strip().splitlines()) == 1, (key, value)
+
+
+@pytest.mark.parametrize("key,value,fragment", [
+    ("data.val_size", 100000, "data.val_size must be in [0, 200)"),
+    ("data.train_size", 100000, "data.train_size must be in"),
+    ("model.width", 100000, "out of memory"),
+])
+def test_values_too_large_for_the_data_or_the_machine_are_one_line(tmp_path, tiny_fmnist,
+                                                                   capsys, key, value,
+                                                                   fragment):
+    proc = cli(capsys, "train", "--data-dir", tiny_fmnist, *TINY, "--set", f"{key}={value}",
+               "--out-dir", tmp_path, "--quiet")
+    assert_one_line_error(proc, fragment)
 
 
 def test_config_show_prints_every_key_resolved(tmp_path, capsys):

@@ -110,3 +110,21 @@ def test_fit_in_a_thread_stops_on_its_callback_and_resumes_bitwise(tmp_path, tin
     fit(config=tiny(tiny_fmnist, runs, "stopped", **{"train.epochs": 3}), resume=True, progress=False)
     a, b = (load_file(str(runs / name / "model.safetensors")) for name in ("straight", "stopped"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_tensorboard_event_files_hold_every_epochs_scalars(tmp_path, tiny_fmnist):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    runs = tmp_path / "runs"
+    fit(config=tiny(tiny_fmnist, runs, "board", **{"train.epochs": 2,
+                                                    "train.tensorboard": True}), progress=False)
+    metrics = [json.loads(line) for line in (runs / "board" / "metrics.jsonl").read_text()
+               .splitlines()]
+    events = EventAccumulator(str(runs / "board" / "tensorboard")).Reload()
+    for name in ("train_loss", "val_acc/0", "lr", "firing_rate/convs.1"):
+        steps = [(e.step, e.value) for e in events.Scalars(name)]
+        want = [m["firing_rates"]["convs.1"] if name.startswith("firing") else m[name]
+                for m in metrics]
+        assert [s for s, _ in steps] == [0, 1]
+        assert [v for _, v in steps] == pytest.approx(want, rel=1e-6)

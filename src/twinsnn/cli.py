@@ -1,39 +1,67 @@
-"""The ``twinsnn`` command line. Every user error ends in one line on stderr and exit code 2."""
+"""The ``twinsnn`` command line, a client of the Python API. Every user error ends in one
+line on stderr and exit code 2."""
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import sys
 from pathlib import Path
 
-from .version import __version__
 from .errors import Interrupted, TwinsnnError
+from .version import __version__
 
 DESCRIPTION = """\
 Train spiking neural networks with twin network augmentation (TNA) and compress them
 to ternary weights.
 
 typical use:
-  twinsnn train --config fmnist-cpu            train a spiking CIFARNet on Fashion-MNIST
-  twinsnn eval runs/fmnist-cpu/model.safetensors   test accuracy, confusion, firing rates
-  twinsnn export runs/fmnist-cpu/checkpoint.pt -o model.tnn   the deployable 2-bit model
-  twinsnn data check fashion-mnist              where the data is and whether it is intact
-  twinsnn presets                               list the built-in configs
-  twinsnn config show --config fmnist-cpu-tna   every config key with its resolved value
+  twinsnn train --config fmnist-cpu-fast-tna-tsnn     TNA T-SNN on Fashion-MNIST (CPU scale)
+  twinsnn export runs/fmnist-cpu-fast-tna-tsnn/checkpoint.pt -o model.tnn   2-bit packed
+  twinsnn eval model.tnn                              test accuracy, operations, energy
+  twinsnn predict --pretrained fmnist-tna-tsnn shoe.png   classify images (a shipped net)
+  twinsnn presets                                     the built-in configs, described
+  twinsnn config show --config fmnist-cpu-tna --explain   every key, its value and meaning
+
+`twinsnn COMMAND --help` describes each command, with examples.
 """
+DEVICES = ["auto", "cpu", "cuda"]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit 2) and "did you mean" for a mistyped choice."""
+
+    def error(self, message: str):
+        if "invalid choice" in message:
+            wrong = message.split("invalid choice: ")[1].split("'")[1]
+            choices = [c for c in message.split("choose from ")[-1].replace("'", "")
+                       .rstrip(")").split(", ")]
+            near = difflib.get_close_matches(wrong, choices, 1)
+            message = message.split(" (choose")[0] + (f"; did you mean {near[0]}?" if near
+                                                     else f"; choose from {', '.join(choices)}")
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _command(sub, name: str, summary: str, description: str, examples: str, func):
+    p = sub.add_parser(name, help=summary, description=description,
+                       epilog="examples:\n" + examples,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(func=func)
+    return p
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", default="fmnist-cpu",
                    help="preset name (see `twinsnn presets`) or a YAML file (default: fmnist-cpu)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.lr=0.001 or --set alpha=1e-4")
+                   help="override a config value, e.g. --set train.lr=0.001 or --set alpha=1e-4 "
+                        "(keys: `twinsnn config show --explain`); repeatable")
     p.add_argument("--name", help="run folder name under --out-dir (default: the preset's)")
     p.add_argument("--out-dir", help="where run folders go (default: runs)")
     p.add_argument("--data-dir", help="folder holding the data set (default: $TWINSNN_DATA, "
                                       "then system locations)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: auto")
+    p.add_argument("--device", choices=DEVICES, help="default: auto (CUDA when present)")
     p.add_argument("--seed", type=int, help="random seed of the run")
     p.add_argument("--teacher", help="kd / kd+ce: the frozen teacher's model.safetensors")
     p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
@@ -52,33 +80,58 @@ def _config_from_args(args):
 
 
 def cmd_train(args) -> int:
+    from .api import fit
     from .distributed import writer_process
     from .runtime import retain_freed_memory
-    from .api import fit
     cfg = _config_from_args(args)
     retain_freed_memory()
-    record = fit(config=cfg, resume=args.resume, progress=not args.quiet,
-                 branch_from=args.branch_from).record
+    run = fit(config=cfg, resume=args.resume, progress=not args.quiet,
+              branch_from=args.branch_from)
     if not writer_process():  # under torchrun rank 0 speaks for the run
         return 0
-    run_dir = Path(cfg.out_dir) / cfg.name
-    print(f"finished {cfg.name}: val acc {record.get('val_acc/0', float('nan')):.4f}; "
-          f"model saved to {run_dir / 'model.safetensors'}")
+    print(f"finished {cfg.name}: val acc {run.record.get('val_acc/0', float('nan')):.4f}; "
+          f"model saved to {run.dir / 'model.safetensors'}")
+    print(f"next: twinsnn eval {run.dir / 'model.safetensors'}   |   twinsnn export "
+          f"{run.dir / 'checkpoint.pt'} -o {run.dir / 'model.tnn'}")
     return 0
 
 
+def _model_path(args) -> Path:
+    """The model a command reads: ``--pretrained NAME`` or its path argument (not both)."""
+    from .errors import ConfigError
+    from .predict import pretrained
+    if (args.pretrained is None) == (args.model is None):
+        raise ConfigError("name a model file or --pretrained NAME (one of the two)")
+    return pretrained(args.pretrained) if args.pretrained else Path(args.model)
+
+
 def cmd_eval(args) -> int:
-    from .inference import evaluate_file
-    report = evaluate_file(Path(args.model), member=args.member, data_dir=args.data_dir,
+    from .inference import evaluate_file, format_report
+    report = evaluate_file(_model_path(args), member=args.member, data_dir=args.data_dir,
                            device=args.device or "auto", split=args.split, integer=args.integer)
     if args.plot:
         from .analysis import plot_operations
         plot_operations(report["operations"], Path(args.plot))
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .inference import load_network
+    from .predict import classify, pretrained
+    paths = list(args.paths)
+    model_path = pretrained(args.pretrained) if args.pretrained else Path(paths.pop(0))
+    if not paths:
+        from .errors import ConfigError
+        raise ConfigError("name one or more image files after the model")
+    model, meta = load_network(model_path)
+    rows = classify(model, meta, [Path(p) for p in paths])
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(rows, indent=2))
     else:
-        from .inference import format_report
-        print(format_report(report))
+        for row in rows:
+            print(f"{row['image']}: {row['name']} (class {row['class']}, "
+                  f"p = {row['probability']:.3f})")
     return 0
 
 
@@ -92,11 +145,11 @@ def cmd_data_check(args) -> int:
 
 
 def cmd_export(args) -> int:
+    if args.format == "nir":
+        return _export_nir(args)
     from .checkpoint import load_checkpoint, member_from_checkpoint
     from .export import export_packed, format_size_report, size_report
     from .quant import weight_sparsity
-    if args.format == "nir":
-        return _export_nir(args)
     state = load_checkpoint(Path(args.checkpoint))
     model = member_from_checkpoint(state, 0, args.checkpoint)
     out = export_packed(model, Path(args.output), state["meta"])
@@ -154,54 +207,107 @@ def cmd_report(args) -> int:
 
 
 def cmd_config_show(args) -> int:
-    from .config import dump_yaml
-    print(dump_yaml(_config_from_args(args)), end="")
+    from .config import dump_yaml, explain
+    cfg = _config_from_args(args)
+    print(explain(cfg) if args.explain else dump_yaml(cfg), end="")
     return 0
 
 
 def cmd_presets(_args) -> int:
-    from .config import preset_names
-    print("\n".join(preset_names()))
+    from .config import preset_description, preset_names
+    names = preset_names()
+    width = max(map(len, names))
+    print("\n".join(f"{n:<{width}}  {preset_description(n)}" for n in names))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="twinsnn", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="twinsnn", description=DESCRIPTION,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"twinsnn {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser,
+                                help="one of these; `twinsnn COMMAND --help` for its own")
 
-    p = sub.add_parser("train", help="train a network (or a TNA cohort) from a config")
+    p = _command(sub, "train", "train a network (or a TNA cohort) from a config",
+                 "Train a built-in network on a built-in data set as a config (a preset or a "
+                 "YAML file, then --set values) says. The run folder <out-dir>/<name>/ gets "
+                 "run.json, metrics.jsonl, checkpoint.pt after every epoch and "
+                 "model.safetensors at the end. Ctrl-C writes a checkpoint; --resume goes on "
+                 "from it, bit for bit. Under torchrun it trains data-parallel.",
+                 "  twinsnn train --config fmnist-cpu-fast-tna-tsnn\n"
+                 "  twinsnn train --config fmnist-cpu-tna --set alpha=1e-5 --seed 1 --name s1\n"
+                 "  twinsnn train --config fmnist-cpu-tsnn --branch-from runs/fp/checkpoint.pt\n"
+                 "  torchrun --nproc_per_node 2 -m twinsnn train --config cifar10-paper-tna",
+                 cmd_train)
     _add_config_args(p)
     p.add_argument("--resume", action="store_true", help="continue the run in its folder")
     p.add_argument("--branch-from", metavar="CHECKPOINT",
                    help="start from another run's checkpoint.pt (same config but for quant.*, "
-                        "train.epochs and names), e.g. compress a full-precision run")
+                        "loss.alpha_compressed, train.epochs and names), e.g. compress a "
+                        "full-precision run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="test accuracy, confusion matrix and firing rates of a model")
-    p.add_argument("model", help="model.safetensors, checkpoint.pt, an exported .tnn or .nir file")
-    p.add_argument("--member", type=int, default=0, help="cohort member of a checkpoint (0 = base)")
-    p.add_argument("--split", choices=["test", "val"], default="test")
-    p.add_argument("--data-dir")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p = _command(sub, "eval", "test accuracy, confusion matrix, firing rates and operations",
+                 "Evaluate a saved network on the test (or validation) split of the data set "
+                 "it was trained on: accuracy, mean cross-entropy, confusion matrix, firing "
+                 "rates, synaptic operations and an energy estimate.",
+                 "  twinsnn eval runs/fmnist-cpu/model.safetensors\n"
+                 "  twinsnn eval model.tnn --integer        # hidden layers on integers only\n"
+                 "  twinsnn eval --pretrained fmnist-tna-tsnn\n"
+                 "  twinsnn eval runs/fmnist-cpu-tna/checkpoint.pt --member 1 --split val",
+                 cmd_eval)
+    p.add_argument("model", nargs="?",
+                   help="model.safetensors, checkpoint.pt, an exported .tnn or a .nir graph")
+    p.add_argument("--pretrained", metavar="NAME",
+                   help="a network that ships with twinsnn instead of a file "
+                        "(`twinsnn predict --help` lists them)")
+    p.add_argument("--member", type=int, default=0,
+                   help="cohort member of a checkpoint.pt (0 = base, 1 = the twin)")
+    p.add_argument("--split", choices=["test", "val"], default="test",
+                   help="the test split (default) or the validation split carved from training")
+    p.add_argument("--data-dir", help="folder holding the data set (default: as in training, "
+                                      "$TWINSNN_DATA, then system locations)")
+    p.add_argument("--device", choices=DEVICES, help="default: auto (CUDA when present)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--integer", action="store_true",
                    help="a ternary/binary model's hidden layers on integers only (docs/deploy.md)")
     p.add_argument("--plot", metavar="FILE", help="also write a bar chart of each layer's "
                                                   "synaptic operations (.png, .pdf)")
-    p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("data", help="data set utilities")
-    dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
-    c = dsub.add_parser("check", help="where the data set was looked for, found and verified")
-    c.add_argument("dataset")
-    c.add_argument("--data-dir")
-    c.set_defaults(func=cmd_data_check)
+    from .predict import pretrained_names
+    p = _command(sub, "predict", "classify image files with a saved or shipped network",
+                 "Classify image files (PNG, JPEG, any size), each converted as the network's "
+                 "metadata says: grayscale or RGB, resized to its input, normalized with its "
+                 "data set's statistics. Prints each file's class, its name and probability. "
+                 f"Shipped networks (--pretrained): {', '.join(pretrained_names()) or 'none'}.",
+                 "  twinsnn predict --pretrained fmnist-tna-tsnn boot.png shirt.jpg\n"
+                 "  twinsnn predict runs/fmnist-cpu/model.tnn image.png --json", cmd_predict)
+    p.add_argument("paths", nargs="+", metavar="FILE",
+                   help="the model file (unless --pretrained) and then the images")
+    p.add_argument("--pretrained", metavar="NAME", help="a network that ships with twinsnn")
+    p.add_argument("--json", action="store_true", help="print the classes as JSON")
 
-    p = sub.add_parser("export", help="write the base network for deployment (2-bit packed "
-                                      "or a NIR graph)")
+    p = _command(sub, "data", "data set utilities (check)",
+                 "Data set utilities. `twinsnn data check NAME` says where the data set was "
+                 "looked for, what was found and whether its checksums match.",
+                 "  twinsnn data check fashion-mnist\n"
+                 "  twinsnn data check cifar10 --data-dir ~/data", None)
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION", parser_class=Parser,
+                            help="what to do with the data")
+    c = _command(dsub, "check", "where the data set was looked for, found and verified",
+                 "Where a data set was looked for, which files were found and whether their "
+                 "official checksums match; exit 2 when it is not usable.",
+                 "  twinsnn data check fashion-mnist", cmd_data_check)
+    c.add_argument("dataset", help="fashion-mnist, cifar10, cifar100 or cifar10-dvs")
+    c.add_argument("--data-dir", help="look only here (default: $TWINSNN_DATA, then system "
+                                      "locations)")
+
+    p = _command(sub, "export", "write the base network for deployment (packed or NIR)",
+                 "Write a run's base network for deployment: packed safetensors (ternary "
+                 "weights at 2 bits, binary at 1, the rest float32; prints the size per "
+                 "layer) or a NIR graph with BatchNorm folded.",
+                 "  twinsnn export runs/fmnist-cpu-tsnn/checkpoint.pt -o model.tnn\n"
+                 "  twinsnn export model.tnn --format nir -o model.nir", cmd_export)
     p.add_argument("checkpoint", help="a run's checkpoint.pt (nir: also model.safetensors, .tnn)")
     p.add_argument("--format", choices=["packed", "nir"], default="packed",
                    help="packed: ternary/binary layers at 2/1 bits per weight, the rest float32; "
@@ -211,9 +317,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "default; the graph reproduces the model bitwise) or into the "
                         "full-precision weights and biases")
     p.add_argument("-o", "--output", required=True, help="file to write, e.g. model.tnn")
-    p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("sweep", help="train every combination of swept values and seeds")
+    p = _command(sub, "sweep", "train every combination of swept values and seeds",
+                 "Train every combination of the swept values and seeds, one run folder each "
+                 "(finished runs are skipped, interrupted ones resumed), then summarize them, "
+                 "best on validation first.",
+                 "  twinsnn sweep --config fmnist-cpu-tna --set alpha=1e-3,1e-4,1e-5\n"
+                 "  twinsnn sweep --config fmnist-cpu --seeds 0,1,2 --test --executor ray",
+                 cmd_sweep)
     p.add_argument("--config", "-c", required=True, help="preset name or YAML file")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="KEY=V1,V2,...", help="a key and the values to sweep (repeatable)")
@@ -229,44 +340,71 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="with --executor ray: the Ray cluster to join, e.g. "
                                      "ray://head:10001 (default: start a local one)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("plot", help="training curves of runs, overlaid, labelled by what "
-                                    "differs; or (--accuracy) final accuracy per config")
+    p = _command(sub, "plot", "training curves of runs, or their final accuracy",
+                 "Training curves of runs, overlaid and labelled by what differs between "
+                 "their configs; or (--accuracy) each config's final accuracy with its 95% "
+                 "confidence interval over seeds.",
+                 "  twinsnn plot runs/a runs/b -o curves.png\n"
+                 "  twinsnn plot runs/*-seed* --accuracy --split val -o acc.png", cmd_plot)
     p.add_argument("runs", nargs="+", help="run folders")
     p.add_argument("-o", "--output", required=True, help="image file to write (.png, .pdf)")
     p.add_argument("--accuracy", action="store_true",
                    help="bars of each config's final accuracy with its 95%% CI and seeds")
     p.add_argument("--split", choices=["test", "val"], default="test",
                    help="with --accuracy: which accuracy (default: test)")
-    p.set_defaults(func=cmd_plot)
 
-    p = sub.add_parser("report", help="final accuracy of runs, seeds pooled (mean, std, 95%% "
-                                      "CI), and each config against a baseline paired by seed")
+    p = _command(sub, "report", "final accuracy of runs over seeds, and paired differences",
+                 "Final accuracy of runs, seeds pooled per config (mean, std, 95% CI), and "
+                 "every config against a baseline paired by seed (mean difference, 95% CI, "
+                 "paired t-test).",
+                 "  twinsnn report runs/single-seed* runs/tna-seed*\n"
+                 "  twinsnn report runs/* --baseline 'strategy=single' --json", cmd_report)
     p.add_argument("runs", nargs="+", help="run folders (each config's seeds pooled)")
     p.add_argument("--baseline", metavar="CONFIG",
                    help="the config the others are compared with, paired by seed, as the "
                         "table labels it (default: the config of the first run folder)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_report)
+    p.add_argument("--json", action="store_true",
+                   help="print the per-config rows and the paired rows as JSON")
 
-    p = sub.add_parser("config", help="config utilities")
-    csub = p.add_subparsers(dest="config_command", metavar="ACTION")
-    c = csub.add_parser("show", help="the resolved config as YAML: every key, preset and "
-                                     "--set values applied")
+    p = _command(sub, "config", "config utilities (show)",
+                 "Config utilities. `twinsnn config show` prints the resolved config (a "
+                 "preset or YAML file, then --set values); --explain adds each key's meaning.",
+                 "  twinsnn config show --config fmnist-cpu-tna --explain", None)
+    csub = p.add_subparsers(dest="config_command", metavar="ACTION", parser_class=Parser,
+                            help="what to do with the config")
+    c = _command(csub, "show", "the resolved config: every key, preset and --set applied",
+                 "The resolved config as YAML (a file `twinsnn train --config` reads back), or "
+                 "with --explain every key, its value and what it means.",
+                 "  twinsnn config show --config fmnist-cpu-tsnn > mine.yaml\n"
+                 "  twinsnn config show --set alpha=1e-5 --explain", cmd_config_show)
     _add_config_args(c)
-    c.set_defaults(func=cmd_config_show)
+    c.add_argument("--explain", action="store_true",
+                   help="each key with its value and meaning instead of YAML")
 
-    p = sub.add_parser("presets", help="list the built-in configs")
-    p.set_defaults(func=cmd_presets)
+    _command(sub, "presets", "list the built-in configs with their descriptions",
+             "The built-in configs (presets), each with the first line of its description; "
+             "`twinsnn config show --config NAME` prints one in full.",
+             "  twinsnn presets", cmd_presets)
+    parser.groups = {"data": sub.choices["data"], "config": sub.choices["config"]}
     return parser
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocation that failed (torch raises it as a RuntimeError
+    subclass, or with the allocator's message)."""
+    return (isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError"
+            or "can't allocate memory" in str(error))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if not hasattr(args, "func"):
-        parser.print_help()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, --version, or a usage error already printed
+        return done.code
+    if getattr(args, "func", None) is None:  # no command, or `data` / `config` alone
+        parser.groups.get(args.command, parser).print_help()
         return 2
     try:
         code = args.func(args)
@@ -277,6 +415,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except TwinsnnError as e:
         print(f"twinsnn: error: {e}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:
+        if not _out_of_memory(e):
+            raise
+        print("twinsnn: error: out of memory (a network, batch or data set larger than this "
+              "machine holds): lower model.width, model.timesteps or train.batch_size",
+              file=sys.stderr)
         return 2
     except Interrupted:
         print("twinsnn: interrupted; a checkpoint was written, continue with --resume",

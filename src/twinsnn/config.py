@@ -8,7 +8,10 @@ field name (``alpha=1e-4`` means ``loss.alpha``). Unknown keys and bad values ra
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
+import inspect
+import re
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -61,14 +64,14 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 250
-    batch_size: int = 256
-    eval_batch_size: int = 1000
+    epochs: int = 250  # passes over the training set
+    batch_size: int = 256  # samples per optimizer step (the global batch under torchrun)
+    eval_batch_size: int = 1000  # samples per forward in evaluation (memory, not numbers)
     lr: float = 0.01  # Adam
     lr_gamma: float = 0.928  # StepLR factor
     lr_step_size: int = 1  # StepLR period, in units of lr_step_unit
     lr_step_unit: str = "epoch"  # epoch | batch
-    seed: int = 0
+    seed: int = 0  # of the base's init, order, augmentation, dropout; twins derive theirs
     device: str = "auto"  # auto | cpu | cuda
     deterministic: typing.Optional[bool] = None  # None: on for CPU, off for CUDA
     eval_test: bool = False  # also report test accuracy every epoch (never used for choices)
@@ -79,6 +82,8 @@ class TrainConfig:
     cuda_graphs: bool = False  # CUDA, one process: replay the step as a CUDA graph (graphs.py)
     precision: str = "fp32"  # fp32 | bf16: autocast of the training forward (see README)
     sync_batchnorm: bool = True  # torchrun: BatchNorm statistics over the global batch
+    tensorboard: bool = False  # also write each epoch's scalars as TensorBoard event files
+    #   in <run>/tensorboard (pip install 'twinsnn[tensorboard]')
 
 
 @dataclass(frozen=True)
@@ -108,7 +113,7 @@ class QuantConfig:
 @dataclass(frozen=True)
 class Config:
     name: str = "run"  # run folder under out_dir
-    out_dir: str = "runs"
+    out_dir: str = "runs"  # where run folders go
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -174,7 +179,11 @@ def resolve_key(key: str) -> str:
         return matches[0]
     if matches:
         raise ConfigError(f"config key {_show(key)} is ambiguous; use one of {matches}")
-    raise ConfigError(f"unknown config key {_show(key)}; valid keys: {', '.join(keys)}")
+    names = list(keys) + sorted({k.split(".")[-1] for k in keys})
+    near = difflib.get_close_matches(str(key), names, 3) if isinstance(key, str) else []
+    hint = f"did you mean {' or '.join(near)}?" if near else "valid keys: " + ", ".join(keys)
+    raise ConfigError(f"unknown config key {_show(key)}; {hint} "
+                      "(`twinsnn config show --explain` lists them)")
 
 
 def _coerce(key: str, value, kind):
@@ -314,6 +323,38 @@ def preset_names() -> list[str]:
                   if p.name.endswith(".yaml"))
 
 
+def preset_description(name: str) -> str:
+    """The first comment line of a preset's YAML (what it is for)."""
+    text = resources.files("twinsnn.configs").joinpath(f"{name}.yaml").read_text()
+    first = next((line for line in text.splitlines() if line.startswith("#")), "# ")
+    return first.lstrip("# ").strip()
+
+
+@functools.cache
+def key_meanings() -> dict[str, str]:
+    """``{key: its meaning}``, from the comments beside the config dataclasses' fields (a
+    comment line right under a field continues it)."""
+    meanings = {}
+    for section, cls in (("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig),
+                         ("loss", LossConfig), ("quant", QuantConfig), ("", Config)):
+        field = None
+        for line in inspect.getsource(cls).splitlines():
+            match = re.match(r"\s+(\w+): [^#]*?(?:#\s*(.*))?$", line)
+            if match and not line.strip().startswith("#"):
+                field = f"{section}.{match[1]}" if section else match[1]
+                meanings[field] = match[2] or ""
+            elif field and line.strip().startswith("#"):
+                meanings[field] += " " + line.strip().lstrip("#").strip()
+    return {k: v for k, v in meanings.items() if k in leaf_keys()}
+
+
+def explain(cfg: Config) -> str:
+    """Every key of ``cfg``, its value and its meaning, one per line."""
+    flat, meanings = to_flat(cfg), key_meanings()
+    width = max(len(f"{k} = {v}") for k, v in flat.items())
+    return "".join(f"{f'{k} = {v}':<{width}}  # {meanings.get(k, '')}\n" for k, v in flat.items())
+
+
 def read_yaml(preset_or_path: str, _chain: tuple = ()) -> dict:
     """A preset name or a YAML file path -> flat dict of its keys. A top-level
     ``extends: <preset or file>`` loads that first and overlays this file's keys."""
@@ -331,7 +372,9 @@ def read_yaml(preset_or_path: str, _chain: tuple = ()) -> dict:
         if len(text) > MAX_YAML_BYTES:
             raise ConfigError(f"{source}: larger than {MAX_YAML_BYTES} bytes; not a config file")
     else:
-        raise ConfigError(f"no preset or YAML file {preset_or_path!r}; presets: "
+        near = difflib.get_close_matches(preset_or_path, preset_names(), 1)
+        hint = f"did you mean {near[0]}? " if near else ""
+        raise ConfigError(f"no preset or YAML file {preset_or_path!r}; {hint}presets: "
                           f"{', '.join(preset_names())}")
     try:  # safe_load builds only plain data: tags such as !!python/object are refused
         tree = yaml.safe_load(text) or {}

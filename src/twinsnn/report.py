@@ -10,7 +10,7 @@ from pathlib import Path
 from .config import record_defaults
 from .errors import TwinsnnError
 
-IGNORED_KEYS = ("name", "out_dir")
+IGNORED_KEYS = ("name", "out_dir", "train.tensorboard")  # they do not change the numbers
 # Config values each seed has its own of: a distilled run's teacher is a net of another seed.
 PER_SEED_KEYS = ("loss.teacher",)
 

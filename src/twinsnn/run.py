@@ -7,7 +7,9 @@
   written after every epoch and, when the run is stopped, mid-epoch (with the RNG states and
   the running sums of the epoch);
 - ``model.safetensors``: the base network, at the end;
-- ``.lock``: held (``fcntl.flock``) by the one process writing the run, holding its PID.
+- ``.lock``: held (``fcntl.flock``) by the one process writing the run, holding its PID;
+- ``tensorboard/``: with ``train.tensorboard``, TensorBoard event files of every epoch's
+  numbers (those of ``metrics.jsonl``, firing rates as ``firing_rate/<layer>``).
 
 A run starts fresh, continues from its own checkpoint (``resume``), or starts from another
 run's end-of-epoch checkpoint (``branch_from``) where that gives bitwise the run its config
@@ -41,7 +43,7 @@ from .files import first_line, write_text
 # epochs already trained (quant.* and loss.alpha_compressed only while neither run compresses
 # before the branch point).
 BRANCH_FREE_KEYS = ("name", "out_dir", "data.dir", "train.epochs", "train.eval_test",
-                    "train.eval_batch_size")
+                    "train.eval_batch_size", "train.tensorboard")
 
 
 class StopSignal:
@@ -224,6 +226,7 @@ class RunFolder:
         self.metrics = self.dir / "metrics.jsonl"
         self.lock = RunLock(self.dir / ".lock")
         self.branch_from = None
+        self.board = None  # the TensorBoard writer, opened at the first epoch logged
 
     def check(self, resume: bool, branch_from: Path | None) -> dict | None:
         """Before anything is loaded: the run can start as asked, and a writer holds the
@@ -254,6 +257,9 @@ class RunFolder:
 
     def release(self) -> None:
         """Let another process write the folder (also done by the kernel at exit)."""
+        if self.board is not None:
+            self.board.close()
+            self.board = None
         self.lock.release()
 
     def start(self, cohort, split: dict, deterministic: bool, source: dict | None,
@@ -300,6 +306,26 @@ class RunFolder:
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        if self.cfg.train.tensorboard:
+            self._board(record)
+
+    def _board(self, record: dict) -> None:
+        """The record's numbers as TensorBoard scalars at step ``epoch``; a resumed run drops
+        the events of epochs it trains again (``purge_step``)."""
+        epoch = record["epoch"]
+        if self.board is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ConfigError("train.tensorboard needs TensorBoard: pip install "
+                                  "'twinsnn[tensorboard]'") from None
+            self.board = SummaryWriter(str(self.dir / "tensorboard"), purge_step=epoch)
+        scalars = {k: v for k, v in record.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch"}
+        scalars.update({f"firing_rate/{k}": v for k, v in record.get("firing_rates", {}).items()})
+        for name, value in scalars.items():
+            self.board.add_scalar(name, value, epoch)
+        self.board.flush()
 
     def save(self, state: dict) -> None:
         if self.writer:

@@ -1,6 +1,7 @@
 """Data sets by name. Each module in ``DATASETS`` provides
 
     NUM_CLASSES, MEAN, STD                      (per-channel statistics of pixels in [0, 1])
+    CLASSES                                     class names (may be empty)
     AUGMENTATION                                a key of transforms.AUGMENTATIONS
     load(cfg: DataConfig, timesteps) -> (train, test, provenance: dict)  in-memory ``Dataset``s
     check(cfg: DataConfig) -> (bool, str)       usable?, and where it looked, what it found,

@@ -189,6 +189,7 @@ class Cifar:
     MEAN: tuple[float, ...] = MEAN
     STD: tuple[float, ...] = STD
     AUGMENTATION: str = "crop_flip"
+    CLASSES: tuple[str, ...] = ()  # class names, where the variant has few enough to list
 
     @property
     def how_to_get(self) -> str:
@@ -315,7 +316,9 @@ class Cifar:
 CIFAR10 = Cifar(
     title="CIFAR-10", key="cifar10", archive="cifar-10-python.tar.gz", folder="cifar-10-batches-py",
     train_files=tuple((f"data_batch_{i}", 10000) for i in range(1, 6)),
-    test_files=(("test_batch", 10000),), label_key="labels", NUM_CLASSES=10)
+    test_files=(("test_batch", 10000),), label_key="labels", NUM_CLASSES=10,
+    CLASSES=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+             "truck"))
 CIFAR100 = Cifar(
     title="CIFAR-100", key="cifar100", archive="cifar-100-python.tar.gz", folder="cifar-100-python",
     train_files=(("train", 50000),), test_files=(("test", 10000),), label_key="fine_labels",

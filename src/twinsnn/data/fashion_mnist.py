@@ -23,6 +23,8 @@ FILES = {
 }
 MEAN, STD = (0.2860,), (0.3530,)  # of the 60,000 training images, pixels in [0, 1]
 NUM_CLASSES = 10
+CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+           "Bag", "Ankle boot")
 AUGMENTATION = "crop_flip"
 HOW_TO_GET = ("get it with `apt-get install dataset-fashion-mnist`, or put the four "
               f"files from {URL} in a folder and pass --data-dir (or set TWINSNN_DATA)")

@@ -50,7 +50,8 @@ class DataSplits:
 def split_validation(train: Dataset, val_size: int, seed: int) -> tuple[Dataset, Dataset, dict]:
     """Carve a fixed, seeded validation set of ``val_size`` samples out of ``train``."""
     if not 0 <= val_size < len(train):
-        raise ValueError(f"val_size must be in [0, {len(train)}), got {val_size}")
+        raise ConfigError(f"data.val_size must be in [0, {len(train)}) (the training set's "
+                          f"size), got {val_size}")
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
     val_index, train_index = order[:val_size].sort().values, order[val_size:].sort().values
     record = {"val_size": val_size, "val_seed": seed, "train_size": len(train_index)}
