@@ -80,7 +80,7 @@ class TrainConfig:
     fuse_norm: bool = True  # BatchNorm + LIF as one autograd node (neurons.batchnorm_lif)
     channels_last: bool = True  # NHWC memory format for the convolutions (faster on CPU)
     cuda_graphs: bool = False  # CUDA, one process: replay the step as a CUDA graph (graphs.py)
-    precision: str = "fp32"  # fp32 | bf16: autocast of the training forward (see README)
+    precision: str = "fp32"  # fp32 | bf16: autocast of the training forward (docs/guide.md, "bf16")
     sync_batchnorm: bool = True  # torchrun: BatchNorm statistics over the global batch
     tensorboard: bool = False  # also write each epoch's scalars as TensorBoard event files
     #   in <run>/tensorboard (pip install 'twinsnn[tensorboard]')
