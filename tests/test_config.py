@@ -76,3 +76,14 @@ def test_a_record_lacking_a_key_whose_default_changed_runs_as_it_was_recorded():
     assert from_record({"train.fuse_norm": True}).train.fuse_norm is True
     assert from_record({"train.epochs": 3}) == from_flat({"train.epochs": 3,
                                                            "train.fuse_norm": False})
+
+
+def test_a_model_registered_after_the_first_config_is_accepted(monkeypatch):
+    import torch
+
+    from twinsnn.models import MODELS, build_model, cifarnet
+    load_config("fmnist-cpu")  # configs were parsed before the registration
+    monkeypatch.setitem(MODELS, "mine", lambda *a: cifarnet(*a))
+    cfg = load_config("fmnist-cpu", ["model.arch=mine", "width=0.0625"])
+    net = build_model(cfg.model, 10, 1, (28, 28))
+    assert net(torch.zeros(1, 1, 28, 28)).shape == (5, 1, 10)
