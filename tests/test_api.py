@@ -196,3 +196,23 @@ def test_the_same_mistakes_through_the_cli_are_one_line_and_exit_2(tiny_fmnist, 
                    "--name", name, "--quiet")
         assert_one_line_error(proc, fragment)
         assert not (tmp_path / name / "model.safetensors").exists()
+
+
+def test_resetting_one_network_leaves_another_untouched():
+    """snnTorch keeps a list of every Leaky instance in its class (and snntorch.utils.reset
+    clears them all); twinsnn resets a network's own neurons only, so a base and its twin
+    never share or clear each other's state. SpikingJelly's memory modules alike."""
+    snn = pytest.importorskip("snntorch")
+    a, b = (nn.Sequential(nn.Linear(4, 4), snn.Leaky(beta=0.5, init_hidden=True))
+            for _ in range(2))
+    x = torch.ones(2, 4) * 3
+    a(x), b(x)
+    before = b[1].mem.clone()
+    assert before.abs().sum() > 0
+    twinsnn.reset_states(a)
+    assert torch.equal(a[1].mem, torch.zeros_like(before)) and torch.equal(b[1].mem, before)
+    sj = pytest.importorskip("spikingjelly.activation_based.neuron")
+    c, d = sj.LIFNode(), sj.LIFNode()
+    c(torch.ones(3) * 0.7), d(torch.ones(3) * 0.7)
+    twinsnn.reset_states(c)
+    assert c.v == 0.0 and torch.equal(d.v, torch.full((3,), 0.35))
