@@ -11,7 +11,7 @@ from twinsnn.config import load_config
 from twinsnn.data import fashion_mnist
 from twinsnn.errors import ConfigError
 from twinsnn.inference import evaluate_file
-from twinsnn.export import size_report
+from twinsnn.packed import size_report
 from twinsnn.api import fit
 
 

@@ -38,7 +38,7 @@ from twinsnn.data import cifar10_dvs, idx
 from twinsnn.data.cifar import parse_batch
 from twinsnn.errors import CheckpointError, ConfigError, DataError, TwinsnnError
 from twinsnn.inference import load_for_eval
-from twinsnn.export import METADATA_KEY, export_packed
+from twinsnn.packed import METADATA_KEY, export_packed
 from twinsnn.models import cifarnet
 from twinsnn.quant import compress
 

@@ -14,7 +14,7 @@ from twinsnn.data import fashion_mnist
 from twinsnn.data.transforms import Preprocess
 from twinsnn.inference import load_network
 from twinsnn.losses import logits_of
-from twinsnn.predict import pretrained, pretrained_names, pretrained_record
+from twinsnn.classify import pretrained, pretrained_names, pretrained_record
 
 pytestmark = pytest.mark.skipif(fashion_mnist.locate(None) is None,
                                 reason="real Fashion-MNIST not installed")

@@ -163,7 +163,7 @@ def test_written_files_follow_the_umask(tmp_path, umask):
     from twinsnn.checkpoint import save_checkpoint, save_model
     from twinsnn.config import ModelConfig
     from twinsnn.data import cifar10_dvs
-    from twinsnn.export import export_packed
+    from twinsnn.packed import export_packed
     from twinsnn.models import cifarnet, model_spec
 
     model = cifarnet(ModelConfig(width=0.0625), 10, 1, (28, 28))

@@ -41,7 +41,7 @@ from .data.transforms import Preprocess
 from .distributed import join, leave, synchronize_batchnorm
 from .errors import ConfigError, TwinsnnError
 from . import inference
-from .export import export_packed
+from .packed import export_packed
 from .graphs import make_step
 from .inference import load_network
 from .losses import logits_of, strategy_from_config

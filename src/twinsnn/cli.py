@@ -99,7 +99,7 @@ def cmd_train(args) -> int:
 def _model_path(args) -> Path:
     """The model a command reads: ``--pretrained NAME`` or its path argument (not both)."""
     from .errors import ConfigError
-    from .predict import pretrained
+    from .classify import pretrained
     if (args.pretrained is None) == (args.model is None):
         raise ConfigError("name a model file or --pretrained NAME (one of the two)")
     return pretrained(args.pretrained) if args.pretrained else Path(args.model)
@@ -118,7 +118,7 @@ def cmd_eval(args) -> int:
 
 def cmd_predict(args) -> int:
     from .inference import load_network
-    from .predict import classify, pretrained
+    from .classify import classify, pretrained
     paths = list(args.paths)
     model_path = pretrained(args.pretrained) if args.pretrained else Path(paths.pop(0))
     if not paths:
@@ -148,7 +148,7 @@ def cmd_export(args) -> int:
     if args.format == "nir":
         return _export_nir(args)
     from .checkpoint import load_checkpoint, member_from_checkpoint
-    from .export import export_packed, format_size_report, size_report
+    from .packed import export_packed, format_size_report, size_report
     from .quant import weight_sparsity
     state = load_checkpoint(Path(args.checkpoint))
     model = member_from_checkpoint(state, 0, args.checkpoint)
@@ -274,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="FILE", help="also write a bar chart of each layer's "
                                                   "synaptic operations (.png, .pdf)")
 
-    from .predict import pretrained_names
+    from .classify import pretrained_names
     p = _command(sub, "predict", "classify image files with a saved or shipped network",
                  "Classify image files (PNG, JPEG, any size), each converted as the network's "
                  "metadata says: grayscale or RGB, resized to its input, normalized with its "

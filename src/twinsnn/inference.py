@@ -63,7 +63,7 @@ def load_network(path: Path, member: int = 0, model: torch.nn.Module | None = No
         from .nir import read_graph
         model, meta = read_graph(path)
     elif path.suffix == ".tnn":
-        from .export import load_packed
+        from .packed import load_packed
         model, meta = load_packed(path, model)
     elif path.suffix == ".safetensors":
         model, meta = load_model(path, model)

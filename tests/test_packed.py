@@ -11,7 +11,7 @@ from torch import nn
 
 from twinsnn.config import ModelConfig
 from twinsnn.errors import CheckpointError
-from twinsnn.export import export_packed, format_size_report, load_packed, size_report
+from twinsnn.packed import export_packed, format_size_report, load_packed, size_report
 from twinsnn.models import cifarnet
 from twinsnn.quant import compress, quantizer
 
