@@ -1,3 +1,11 @@
+"""Fixtures shared by the tests, the ``fmnist`` marker's skip and the summary that names what
+it skipped.
+
+Markers (pyproject.toml): ``slow`` (a test of more than about 10 s on a 2-core CPU; the inner
+loop is ``pytest -m "not slow"``), ``fmnist`` (reads the real Fashion-MNIST: skipped where it
+is not installed, and then listed at the end of the run with how to get it), ``timeout(s)``
+(pytest-timeout; the default is in pyproject.toml).
+"""
 import gzip
 import os
 import struct
@@ -8,6 +16,38 @@ import pytest
 import torch
 
 from twinsnn.data import fashion_mnist
+
+NO_FMNIST = "the real Fashion-MNIST is not installed"
+
+
+def slow_when_compiled(kernels) -> list:
+    """LIF kernel names as test parameters, ``compiled`` marked slow (torch.compile's first
+    kernel in a process takes seconds)."""
+    return [pytest.param(k, marks=pytest.mark.slow) if k == "compiled" else k for k in kernels]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip the tests that read the real Fashion-MNIST (marked ``fmnist``, or using the
+    ``trained_runs`` fixture) where it is not installed."""
+    if fashion_mnist.locate(None) is not None:
+        return
+    skip = pytest.mark.skip(reason=NO_FMNIST)
+    for item in items:
+        if "fmnist" in item.keywords or "trained_runs" in getattr(item, "fixturenames", ()):
+            item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Name every test that did not run for want of the real Fashion-MNIST, loudly."""
+    skipped = [r.nodeid for r in terminalreporter.stats.get("skipped", [])
+               if NO_FMNIST in str(r.longrepr)]
+    if not skipped:
+        return
+    terminalreporter.section(f"{len(skipped)} tests NOT RUN: {NO_FMNIST}", sep="!", red=True,
+                             bold=True)
+    for nodeid in sorted(skipped):
+        terminalreporter.write_line(f"  {nodeid}")
+    terminalreporter.write_line(f"to run them: {fashion_mnist.HOW_TO_GET}", red=True, bold=True)
 
 
 def write_idx_gz(path: Path, array: np.ndarray) -> None:
@@ -91,8 +131,6 @@ def trained_runs(tmp_path_factory) -> dict:
     from twinsnn.config import load_config
     from twinsnn.api import fit
 
-    if fashion_mnist.locate(None) is None:
-        pytest.skip("real Fashion-MNIST not installed")
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):  # the workers' folders share this session's parent
         root = root.parent

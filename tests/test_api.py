@@ -127,6 +127,7 @@ twinsnn.fit(make, TensorDataset(x, y), val=TensorDataset(x[:100], y[:100]), epoc
 """
 
 
+@pytest.mark.slow
 def test_an_api_run_killed_at_random_points_resumes_bitwise(tmp_path):
     script = tmp_path / "train.py"
     script.write_text(textwrap.dedent(SCRIPT))

@@ -35,6 +35,7 @@ def tiny_cfg(folder, out, **extra):
     return load_config("fmnist-cpu", sets)
 
 
+@pytest.mark.slow
 def test_tna_run_keeps_every_member_but_ships_the_base(tiny_fmnist, tmp_path):
     cfg = tiny_cfg(tiny_fmnist, tmp_path, name="tna", strategy="tna", members=3, alpha=1e-3)
     record = fit(config=cfg, progress=False).record
@@ -66,6 +67,7 @@ def test_members_draw_independent_inits_and_dropout_masks(tiny_fmnist, tmp_path)
     assert masks[0].any() and not torch.equal(masks[0], masks[1])
 
 
+@pytest.mark.slow
 def test_kd_teacher_is_frozen_and_unchanged(tiny_fmnist, tmp_path):
     fit(config=tiny_cfg(tiny_fmnist, tmp_path, name="teacher"), progress=False)
     teacher_file = tmp_path / "teacher" / "model.safetensors"
@@ -89,6 +91,7 @@ def test_kd_teacher_is_frozen_and_unchanged(tiny_fmnist, tmp_path):
         assert ("train_ce/0" in stats) == (strategy == "kd+ce")
 
 
+@pytest.mark.slow
 def test_kd_teacher_must_match_the_student(tiny_fmnist, tmp_path):
     fit(config=tiny_cfg(tiny_fmnist, tmp_path, name="teacher"), progress=False)
     cfg = tiny_cfg(tiny_fmnist, tmp_path, strategy="kd", width=0.125,

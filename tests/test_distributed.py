@@ -96,6 +96,7 @@ def train_steps(data_dir, dtype=torch.float64) -> dict:
     return {"losses": losses, "grads": grads, "epoch": stats}
 
 
+@pytest.mark.slow
 def test_two_ranks_equal_one_process(tmp_path, tiny_fmnist):
     """torchrun with 2 ranks against one process (one test: the ranks run once however the
     suite is spread over workers). First-step gradients of base and twin; the losses of 20
@@ -146,6 +147,7 @@ def tna_train_args(data_dir, runs) -> list:
             "--name", "ddp", "--quiet"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", sorted(MODELS))
 def test_two_process_run_ends_cleanly_across_the_compression_switch(tmp_path, tiny_fmnist,
                                                                     arch):
@@ -166,6 +168,7 @@ def test_two_process_run_ends_cleanly_across_the_compression_switch(tmp_path, ti
     assert [(m["epoch"], m["compressed"]) for m in metrics] == [(0, False), (1, True), (2, True)]
 
 
+@pytest.mark.slow
 def test_killed_two_process_run_resumes_in_one_process(tmp_path, tiny_fmnist):
     """torchrun with 2 processes, killed once it has written a checkpoint, resumed by one
     process: every epoch logged once, the model written."""

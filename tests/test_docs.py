@@ -168,6 +168,7 @@ def _public_names_and_commands() -> tuple[list[str], list[str]]:
     return names, progs
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(any(importlib.util.find_spec(m) is None
                         for m in ("mkdocs", "material", "mkdocstrings_handlers")),
                     reason="the docs extra (mkdocs, mkdocs-material, mkdocstrings[python]) "

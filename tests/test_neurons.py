@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from conftest import slow_when_compiled
 from twinsnn.config import ModelConfig
 from twinsnn.errors import ConfigError
 from twinsnn.models import cifarnet
@@ -60,7 +61,7 @@ def test_unknown_surrogate_lists_the_registered_ones():
         LIF(surrogate="triangle")
 
 
-@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("kernel", slow_when_compiled(KERNELS))
 def test_eq1_hand_computed_sequence(kernel):
     # I = 0.6 each step, a = 0.5, theta = 1:
     # u = 0.6, 0.9, 1.05 (spike), reset -> 0.6, 0.9
@@ -101,7 +102,7 @@ def test_gradient_hand_computed_two_steps(kernel):
 
 
 @pytest.mark.parametrize("surrogate", sorted(SURROGATES))
-@pytest.mark.parametrize("kernel", ["eager", "compiled"])
+@pytest.mark.parametrize("kernel", slow_when_compiled(["eager", "compiled"]))
 def test_fused_kernels_match_the_stepwise_reference(kernel, surrogate):
     """Outputs equal and gradients close for every kernel and surrogate, channels-last input
     included (the kernels see it in memory order)."""

@@ -16,8 +16,7 @@ from twinsnn.inference import load_network
 from twinsnn.losses import logits_of
 from twinsnn.classify import pretrained, pretrained_names, pretrained_record
 
-pytestmark = pytest.mark.skipif(fashion_mnist.locate(None) is None,
-                                reason="real Fashion-MNIST not installed")
+pytestmark = pytest.mark.fmnist
 NAME = "fmnist-tna-tsnn"
 
 
@@ -68,6 +67,7 @@ def test_damaged_or_non_image_files_are_one_line_and_exit_2(tmp_path, capsys):
                           "did you mean fmnist-tna-tsnn?")
 
 
+@pytest.mark.slow
 def test_eval_of_the_shipped_network_reproduces_its_record(capsys):
     """Exactly on a kind of CPU it was checked on; elsewhere other rounding may move a few
     of the 10,000 predictions."""

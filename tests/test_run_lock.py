@@ -36,6 +36,7 @@ def _files(folder) -> dict:
     return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir())}
 
 
+@pytest.mark.slow
 def test_a_second_process_on_a_run_folder_exits_2_naming_the_holder(tmp_path, tiny_fmnist):
     """The first process is frozen (SIGSTOP) once it has written run.json; the second exits 2
     naming its PID and leaves every file as it was; the first then finishes as if alone."""
@@ -62,6 +63,7 @@ def test_a_second_process_on_a_run_folder_exits_2_naming_the_holder(tmp_path, ti
     assert [json.loads(l)["epoch"] for l in lines] == [0, 1]
 
 
+@pytest.mark.slow
 def test_the_lock_of_a_killed_process_does_not_block_its_resume(tmp_path, tiny_fmnist):
     args = ["--data-dir", tiny_fmnist, *TINY, "--set", "epochs=2", "--out-dir", tmp_path / "runs",
             "--name", "killed", "--quiet"]
@@ -86,6 +88,7 @@ def test_the_lock_excludes_a_second_holder_in_the_same_process(tmp_path):
     second.release()
 
 
+@pytest.mark.slow
 def test_fit_in_a_thread_stops_on_its_callback_and_resumes_bitwise(tmp_path, tiny_fmnist):
     runs = tmp_path / "runs"
     fit(config=tiny(tiny_fmnist, runs, "straight", **{"train.epochs": 3}), progress=False)
@@ -112,6 +115,7 @@ def test_fit_in_a_thread_stops_on_its_callback_and_resumes_bitwise(tmp_path, tin
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_tensorboard_event_files_hold_every_epochs_scalars(tmp_path, tiny_fmnist):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

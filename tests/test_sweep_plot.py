@@ -1,6 +1,8 @@
 """Sweeps, summaries and plots over real (tiny) runs."""
 import json
 
+import pytest
+
 from twinsnn.cli import main
 from twinsnn.inference import evaluate_file
 from twinsnn.report import differing_keys, load_run, summarize
@@ -25,6 +27,7 @@ train: {{epochs: 1, batch_size: 32, eval_batch_size: 100, compile: false}}
     return cfg
 
 
+@pytest.mark.slow
 def test_sweep_trains_skips_finished_and_summarizes(tiny_fmnist, tmp_path, capsys):
     cfg = tiny_sweep_config(tmp_path, tiny_fmnist)
     args = ["sweep", "--config", str(cfg), "--set", "alpha=1e-2,1e-5", "--seeds", "0",

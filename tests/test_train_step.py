@@ -54,6 +54,7 @@ def cohort_and_step(device, **sets):
     return cfg, cohort, make_step(cohort, strategy, cfg.train), x, data.train.y.to(device)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sets", [
     {"loss.strategy": "single"},
     {"loss.strategy": "tna", "train.precision": "bf16"},
