@@ -205,7 +205,7 @@ def test_train_then_eval_end_to_end(tmp_path, tiny_fmnist, capsys):
     run = runs / "smoke"
     metrics = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [0, 1]
-    assert {"train_loss", "val_acc/0", "lr", "epoch_time_s", "firing_rates"} <= set(metrics[0])
+    assert {"train_loss", "val_accuracy/0", "lr", "epoch_time_s", "firing_rates"} <= set(metrics[0])
     assert set(metrics[0]["firing_rates"]) == {f"convs.{i}" for i in range(5)} | {"fcs.0", "fcs.1"}
     info = json.loads((run / "run.json").read_text())
     assert info["torch_version"] == torch.__version__ and info["member_seeds"] == [0]

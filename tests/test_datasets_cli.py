@@ -49,7 +49,7 @@ def test_cifar10_cpu_run_end_to_end(tmp_path, cifar10_dir, capsys):
     report = json.loads(cli(capsys, "eval", run / "model.safetensors", "--split", "val",
                             "--json").stdout)
     assert report["data"] == "cifar10" and report["samples"] == 32
-    assert report["accuracy"] == last["val_acc/0"]
+    assert report["accuracy"] == last["val_accuracy/0"]
 
 
 def test_cifar10_wrong_checksum_is_one_line(tmp_path, cifar10_dir, capsys):
@@ -87,7 +87,7 @@ def test_cifar10_dvs_cpu_run_end_to_end(tmp_path, capsys):
     assert [str(p) for p in (root / "cache").glob("*.bin")] == [split["cache_file"]]
     report = json.loads(cli(capsys, "eval", run / "model.safetensors", "--json").stdout)
     assert report["data"] == "cifar10-dvs" and report["samples"] == 10
-    assert report["accuracy"] == last["test_acc/0"]
+    assert report["accuracy"] == last["test_accuracy/0"]
     check = cli(capsys, "data", "check", "cifar10-dvs", "--data-dir", data_dir)
     assert check.returncode == 0
     out = check.stdout

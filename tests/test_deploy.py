@@ -92,7 +92,7 @@ def test_eval_reports_operations_and_energy(trained_runs, tmp_path, capsys):
                  "--json", "--plot", str(tmp_path / "ops.png")]) == 0
     report = json.loads(capsys.readouterr().out)
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert report["integer"] and report["accuracy"] == metrics[-1]["val_acc/0"]
+    assert report["integer"] and report["accuracy"] == metrics[-1]["val_accuracy/0"]
     ops = report["operations"]
     rows = {r["layer"]: r for r in ops["layers"]}
     assert list(rows) == ["convs.0", *HIDDEN, "out"]

@@ -107,7 +107,7 @@ def test_fit_in_a_thread_stops_on_its_callback_and_resumes_bitwise(tmp_path, tin
     thread.join(timeout=300)
     run = runs / "stopped"
     assert [r["epoch"] for r in seen] == [0] and result["record"] is seen[0]
-    assert "val_acc/0" in seen[0]
+    assert "val_accuracy/0" in seen[0]
     assert load_checkpoint(run / "checkpoint.pt")["epoch"] == 1
     assert not (run / "model.safetensors").exists()
     fit(config=tiny(tiny_fmnist, runs, "stopped", **{"train.epochs": 3}), resume=True, progress=False)
@@ -126,7 +126,7 @@ def test_tensorboard_event_files_hold_every_epochs_scalars(tmp_path, tiny_fmnist
     metrics = [json.loads(line) for line in (runs / "board" / "metrics.jsonl").read_text()
                .splitlines()]
     events = EventAccumulator(str(runs / "board" / "tensorboard")).Reload()
-    for name in ("train_loss", "val_acc/0", "lr", "firing_rate/convs.1"):
+    for name in ("train_loss", "val_accuracy/0", "lr", "firing_rate/convs.1"):
         steps = [(e.step, e.value) for e in events.Scalars(name)]
         want = [m["firing_rates"]["convs.1"] if name.startswith("firing") else m[name]
                 for m in metrics]

@@ -68,7 +68,7 @@ def test_summary_pools_seeds_of_one_config():
     def run(seed, val, test):
         return {"dir": f"runs/net-seed{seed}", "test": {"accuracy": test},
                 "config": {"name": f"net-seed{seed}", "train.seed": seed, "loss.alpha": 1e-4},
-                "metrics": [{"val_acc/0": 0.5}, {"val_acc/0": val}]}
+                "metrics": [{"val_accuracy/0": 0.5}, {"val_accuracy/0": val}]}
 
     [row] = summarize([run(0, 0.80, 0.70), run(1, 0.90, 0.74), run(2, 0.85, 0.72)])
     assert row["config"] == "net" and row["seeds"] == [0, 1, 2] and row["epochs"] == [2, 2, 2]

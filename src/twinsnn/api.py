@@ -32,7 +32,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .checkpoint import load_model, parse_spec
-from .cohort import build_cohort
 from .config import Config, from_flat, load_config, resolve_key, to_flat
 from .data import build_data, tensor_datasets
 from .data.feeds import DatasetFeed, LoaderFeed, TensorFeed
@@ -42,15 +41,15 @@ from .distributed import join, leave, synchronize_batchnorm
 from .errors import ConfigError, TwinsnnError
 from . import inference
 from .packed import export_packed
-from .graphs import make_step
 from .inference import load_network
-from .losses import logits_of, strategy_from_config
+from .losses import logits_of
+from .metrics import Results, renamed
 from .models import build_model, model_spec
 from .neurons import reset_states
 from .quant import Selector
-from .run import RunFolder, StopSignal
+from .run import RunFolder
 from .runtime import configure, resolve_device
-from .train import Training, train
+from .train import Parts, build_trainer, train
 
 
 @dataclass
@@ -72,9 +71,10 @@ class Run:
 
     @property
     def metrics(self) -> list[dict]:
-        """Every epoch's record, as ``metrics.jsonl`` holds them (rank 0 writes them)."""
+        """Every epoch's record, as ``metrics.jsonl`` holds them (rank 0 writes them), its
+        keys spelled as today (``metrics.renamed``)."""
         lines = (self.dir / "metrics.jsonl").read_text().splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        return [Results(renamed(json.loads(line))) for line in lines if line.strip()]
 
 
 def make_config(config: Config | str | dict | None = None, **settings) -> Config:
@@ -115,8 +115,8 @@ def _builtin_meta(cfg: Config, classes: int, channels: int, size, data: dict) ->
             "config": to_flat(cfg)}
 
 
-def _parts(model, data, val, test, cfg: Config, device, classes, workers):
-    """``(factory, train feed, evaluated feeds, split record, meta)`` of a run."""
+def _parts(model, data, val, test, cfg: Config, device, classes, workers) -> tuple[Parts, dict]:
+    """The ``Parts`` of a run (factory, feeds and meta) and its split record."""
     if data is None or isinstance(data, str):  # a built-in data set, on the device
         splits = build_data(cfg.data, cfg.model.timesteps)
         if val is not None or test is not None:
@@ -148,13 +148,13 @@ def _parts(model, data, val, test, cfg: Config, device, classes, workers):
             sample = _first_sample(train_feed)
             shape = (classes, sample.shape[-3], tuple(sample.shape[-2:]))
         factory = lambda: build_model(cfg.model, *shape)  # noqa: E731
-        return factory, train_feed, evals, split, _builtin_meta(cfg, *shape, data_meta)
+        return Parts(factory, train_feed, evals, meta=_builtin_meta(cfg, *shape, data_meta)), split
     if not callable(model) or isinstance(model, nn.Module):
         raise TwinsnnError("model= takes a function that builds a fresh network (e.g. "
                            "lambda: MyNet()), so that every member starts from its own "
                            f"initialization; got {type(model).__name__}")
     meta = {"model": {"class": None}, "data": data_meta, "config": to_flat(cfg)}
-    return model, train_feed, evals, split, meta
+    return Parts(model, train_feed, evals, meta=meta), split
 
 
 def _teacher(cfg: Config, factory, meta: dict, given: nn.Module | None) -> nn.Module | None:
@@ -208,17 +208,14 @@ def fit(model: Callable[[], nn.Module] | str | None = None, data=None, *, val=No
         source = world.agree(run.check, resume, branch_from)
         device, deterministic = configure(cfg.train)
         device = world.device(device)
-        strategy = strategy_from_config(cfg.loss)
-        factory, train_feed, evals, split, meta = _parts(model, data, val, test, cfg, device,
-                                                         classes, workers)
-        cohort = build_cohort(cfg, factory, strategy, device,
-                              _teacher(cfg, factory, meta, teacher), meta, reset, layers)
-        if "class" in meta["model"]:  # a network of the user's own
+        parts, split = _parts(model, data, val, test, cfg, device, classes, workers)
+        parts.teacher = _teacher(cfg, parts.factory, parts.meta, teacher)
+        parts.reset, parts.layers = reset, layers
+        t = build_trainer(cfg, parts, run, world, progress and world.writer)
+        cohort = t.cohort
+        if "class" in parts.meta["model"]:  # a network of the user's own
             kind = type(cohort.members[0])
-            meta["model"]["class"] = f"{kind.__module__}.{kind.__qualname__}"
-        t = Training(cfg, cohort, strategy, train_feed, evals, run, StopSignal(),
-                     make_step(cohort, strategy, cfg.train, world), progress and world.writer,
-                     world)
+            parts.meta["model"]["class"] = f"{kind.__module__}.{kind.__qualname__}"
         # the handler is in place before run.json exists: a run that shows up can be stopped
         # cleanly at any moment
         with t.stop:
@@ -275,12 +272,13 @@ def predict(model: nn.Module, x: torch.Tensor,
 
 def evaluate(model: nn.Module, data, batch_size: int = 1000, device: str | None = None,
              reset: Callable[[nn.Module], None] = reset_states) -> dict:
-    """Accuracy, mean cross-entropy, confusion matrix and firing rates of ``model`` on a
-    ``Dataset`` or ``DataLoader`` of ``(x, y)`` (``inference.evaluate``), on ``device``
-    (default: where the model is)."""
+    """``accuracy``, mean cross-entropy (``loss``), ``confusion`` matrix and
+    ``firing_rates`` of ``model`` on a ``Dataset`` or ``DataLoader`` of ``(x, y)``
+    (``inference.evaluate``), on ``device`` (default: where the model is)."""
     place = torch.device(device) if device else next(model.parameters()).device
     loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size)
-    return inference.evaluate(model.to(place), LoaderFeed(loader, place), batch_size, reset)
+    return Results(inference.evaluate(model.to(place), LoaderFeed(loader, place), batch_size,
+                                      reset))
 
 
 __all__ = ["Run", "datasets", "evaluate", "export", "fit", "load", "make_config", "predict"]

@@ -82,6 +82,7 @@ def _config_from_args(args):
 def cmd_train(args) -> int:
     from .api import fit
     from .distributed import writer_process
+    from .metrics import ACCURACY, member_key
     from .runtime import retain_freed_memory
     cfg = _config_from_args(args)
     retain_freed_memory()
@@ -89,7 +90,8 @@ def cmd_train(args) -> int:
               branch_from=args.branch_from)
     if not writer_process():  # under torchrun rank 0 speaks for the run
         return 0
-    print(f"finished {cfg.name}: val acc {run.record.get('val_acc/0', float('nan')):.4f}; "
+    accuracy = run.record.get(member_key("val", ACCURACY), float("nan"))
+    print(f"finished {cfg.name}: val accuracy {accuracy:.4f}; "
           f"model saved to {run.dir / 'model.safetensors'}")
     print(f"next: twinsnn eval {run.dir / 'model.safetensors'}   |   twinsnn export "
           f"{run.dir / 'checkpoint.pt'} -o {run.dir / 'model.tnn'}")

@@ -18,6 +18,7 @@ from .data.feeds import TensorFeed
 from .data.transforms import Preprocess
 from .errors import CheckpointError, ConfigError
 from .losses import logits_of
+from .metrics import ACCURACY, CONFUSION, FIRING_RATES, LOSS
 from .neurons import reset_states
 from .runtime import place, resolve_device
 
@@ -25,8 +26,9 @@ from .runtime import place, resolve_device
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, feed, batch_size: int,
              reset: Callable[[torch.nn.Module], None] = reset_states) -> dict:
-    """Accuracy, mean CE, confusion matrix ``[true, predicted]`` and firing rates of ``model``
-    on a feed's batches in order (``data.feeds``), its state ``reset`` before each batch."""
+    """``accuracy``, mean CE (``loss``), ``confusion`` matrix ``[true, predicted]`` and
+    ``firing_rates`` of ``model`` on a feed's batches in order (``data.feeds``), its state
+    ``reset`` before each batch."""
     was_training = model.training
     model.eval()
     confusion, loss_sum, seen = None, 0.0, 0
@@ -43,9 +45,9 @@ def evaluate(model: torch.nn.Module, feed, batch_size: int,
             seen += len(y)
     model.train(was_training)
     n = max(seen, 1)
-    return {"acc": confusion.diag().sum().item() / n if seen else 0.0,
-            "loss": float(loss_sum) / n, "confusion": confusion.cpu().tolist() if seen else [],
-            "rates": rates}
+    return {ACCURACY: confusion.diag().sum().item() / n if seen else 0.0,
+            LOSS: float(loss_sum) / n, CONFUSION: confusion.cpu().tolist() if seen else [],
+            FIRING_RATES: rates}
 
 
 def load_network(path: Path, member: int = 0, model: torch.nn.Module | None = None):
@@ -104,9 +106,8 @@ def evaluate_file(path: Path, member: int = 0, data_dir: str | None = None,
     with recording(model) as rec:
         result = evaluate(model, feed, cfg.train.eval_batch_size)
     return {"model": str(path), "member": member, "integer": integer, "data": data.name,
-            "split": split, "samples": len(dataset), "accuracy": result["acc"],
-            "loss": result["loss"], "confusion": result["confusion"],
-            "firing_rates": result["rates"], "operations": operations(model, rec)}
+            "split": split, "samples": len(dataset), **result,
+            "operations": operations(model, rec)}
 
 
 def format_report(report: dict) -> str:
