@@ -40,7 +40,7 @@ from .errors import CheckpointError, ConfigError
 from .files import atomic_write, first_line
 from .fold import FoldedBlock, fold_layers
 from .layers import SpikingBlock
-from .neurons import LIF
+from .neurons import eq1_neuron
 from .structure import (INPUT, Node, SpikingNetwork, input_pools, layers, network, pool_area,
                         shapes)
 
@@ -128,10 +128,7 @@ def to_graph(model: nn.Module, meta: dict, fold: str = "neurons") -> nir.NIRGrap
             ends[node.name] = sources
             continue
         if node.kind == "layer":
-            neuron = node.module.neuron
-            if type(neuron) is not LIF:
-                raise ConfigError(f"NIR export writes LIF neurons; layer {node.name} has "
-                                  f"{type(neuron).__name__}")
+            neuron = eq1_neuron(node.module.neuron, "NIR export", node.name)
             synapse, lif = _layer(node.module.synapse, folded[node.name], neuron, fold,
                                   sizes[node.inputs[0]], sizes[f"{node.name}.synapse"])
             add(f"{node.name}.synapse", synapse, sources)
