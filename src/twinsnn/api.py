@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .checkpoint import load_model, parse_spec
+from .choices import check_choices
 from .config import Config, from_flat, load_config, resolve_key, to_flat
 from .data import build_data, tensor_datasets
 from .data.feeds import DatasetFeed, LoaderFeed, TensorFeed
@@ -201,7 +202,7 @@ def fit(model: Callable[[], nn.Module] | str | None = None, data=None, *, val=No
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, arch=model))
     if isinstance(data, str):
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, name=data))
-    cfg = from_flat(to_flat(cfg))  # the names checked as config values
+    cfg = check_choices(cfg)  # the names, against the registries as they are now
     world = join(resolve_device(cfg.train.device))
     run, cohort = RunFolder(cfg, world.writer), None
     try:

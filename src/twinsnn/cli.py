@@ -209,8 +209,9 @@ def cmd_report(args) -> int:
 
 
 def cmd_config_show(args) -> int:
+    from .choices import check_choices
     from .config import dump_yaml, explain
-    cfg = _config_from_args(args)
+    cfg = check_choices(_config_from_args(args))
     print(explain(cfg) if args.explain else dump_yaml(cfg), end="")
     return 0
 
