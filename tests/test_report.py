@@ -125,7 +125,7 @@ def test_family_file_reports_its_comparisons_with_holm(tmp_path, capsys):
     fake_run(runs, "fp-seed9", 9, 0.5, 0.9)  # not named by the globs below
     family = tmp_path / "family.json"
     family.write_text(json.dumps({"title": "Claims", "comparisons": [
-        {"comparison": "TNA - single", "metric": "test_acc",
+        {"comparison": "TNA - single", "metric": "test_accuracy",
          "baseline": ["runs/fp-seed[0-2]"], "other": ["runs/tna-seed*"]},
         {"comparison": "TNA - single, CE", "metric": "test_loss",
          "baseline": ["runs/fp-seed0", "runs/fp-seed[12]"], "other": ["runs/tna-seed*"]}]}))

@@ -382,8 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the per-config rows and the paired rows as JSON")
     p.add_argument("--family", metavar="FILE",
                    help="a JSON file of comparisons (run folders of a baseline and of another "
-                        "arm, a metric: val_acc, test_acc or test_loss), reported paired by "
-                        "seed with Holm's correction over the file's comparisons")
+                        "arm, a metric: val_accuracy, test_accuracy or test_loss), reported "
+                        "paired by seed with Holm's correction over the file's comparisons")
 
     p = _command(sub, "config", "config utilities (show)",
                  "Config utilities. `twinsnn config show` prints the resolved config (a "

@@ -39,13 +39,14 @@ def part_key(part: str) -> str:
 
 
 def new_name(key: str) -> str:
-    """Today's spelling of a record's or a result's key (``val_acc/0 -> val_accuracy/0``,
-    ``acc -> accuracy``); other keys as they are."""
+    """Today's spelling of a record's or a result's key, or of a metric a family file names
+    (``val_acc/0 -> val_accuracy/0``, ``test_acc -> test_accuracy``, ``acc -> accuracy``);
+    other keys as they are."""
     if key in OLD_NAMES:
         return OLD_NAMES[key]
     head, slash, member = key.partition("/")
-    if slash and head.endswith("_acc"):
-        return f"{head.removesuffix('acc')}{ACCURACY}/{member}"
+    if head.endswith("_acc"):
+        return f"{head.removesuffix('acc')}{ACCURACY}{slash}{member}"
     return key
 
 

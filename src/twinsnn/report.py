@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .config import record_defaults
 from .errors import TwinsnnError
-from .metrics import ACCURACY, AGREEMENT, LOSS, member_key, part_key, renamed
+from .metrics import ACCURACY, AGREEMENT, LOSS, member_key, new_name, part_key, renamed
 
 IGNORED_KEYS = ("name", "out_dir", "train.tensorboard")  # they do not change the numbers
 # Config values each seed has its own of: a distilled run's teacher is a net of another seed.
@@ -202,12 +202,12 @@ def family_sizes(paired: list[dict]) -> dict:
 
 
 METRICS = {  # name: (what it is, unit, scale to that unit, its value in a loaded run)
-    "val_acc": ("validation accuracy of the base", "points", 100.0,
-                lambda run: final_accuracy(run, "val")),
-    "test_acc": ("test accuracy of the base", "points", 100.0,
-                 lambda run: final_accuracy(run, "test")),
-    "test_loss": ("test cross-entropy of the base", "nats", 1.0,
-                  lambda run: run["test"].get("loss")),
+    f"val_{ACCURACY}": ("validation accuracy of the base", "points", 100.0,
+                        lambda run: final_accuracy(run, "val")),
+    f"test_{ACCURACY}": ("test accuracy of the base", "points", 100.0,
+                         lambda run: final_accuracy(run, "test")),
+    f"test_{LOSS}": ("test cross-entropy of the base", "nats", 1.0,
+                     lambda run: run["test"].get(LOSS)),
 }
 
 
@@ -234,11 +234,12 @@ def family_report(path: Path) -> dict:
     its metric's unit), with ``p_holm``: ``holm`` over every p-value of the file. The file
     (JSON): ``{"title": ..., "comparisons": [{"comparison": name, "metric": one of
     METRICS, "baseline": [glob, ...], "other": [glob, ...]}, ...]}``, globs of run folders
-    relative to the file."""
+    relative to the file; a metric as older files spell it (``test_acc``) is read as today's
+    (``metrics.new_name``)."""
     path = Path(path)
     try:
         spec = json.loads(path.read_text())
-        entries = [(c["comparison"], c["metric"], c["baseline"], c["other"])
+        entries = [(c["comparison"], new_name(c["metric"]), c["baseline"], c["other"])
                    for c in spec["comparisons"]]
     except FileNotFoundError:
         raise TwinsnnError(f"no family file {path}") from None
