@@ -22,7 +22,7 @@ import torch
 
 from . import cache, store
 from ..errors import ConfigError, DataError
-from .idx import read_at_most
+from .idx import read_file
 from .splits import Dataset
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -45,13 +45,7 @@ HOW_TO_GET = ("download the ten class archives from https://figshare.com/article
 
 def read_aedat(path: Path) -> tuple[np.ndarray, ...]:
     """Events of one AEDAT 2.0 DVS128 file: ``x, y, p, t``, each ``[E]`` (t int64, in us)."""
-    try:
-        with open(path, "rb") as f:
-            raw = read_at_most(f, MAX_FILE_BYTES)
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e})") from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise DataError(f"{path}: larger than {MAX_FILE_BYTES} bytes; not a CIFAR10-DVS recording")
+    raw = read_file(path, MAX_FILE_BYTES, "a CIFAR10-DVS recording")
     if not raw.startswith(HEADER):
         raise DataError(f"{path}: not an AEDAT 2.0 file (does not start with {HEADER.decode()})")
     start = 0

@@ -42,7 +42,7 @@ import torch
 from . import cache, store
 from ..errors import DataError
 from ..files import first_line
-from .idx import read_at_most
+from .idx import read_at_most, read_file
 from .splits import Dataset
 
 SPLITS = ("train", "test")
@@ -169,13 +169,7 @@ def decode(images: list[tuple[str, object]], size: tuple[int, int] | None = None
     out, gray, first = None, True, None
     for i, (where, data) in enumerate(images):
         if isinstance(data, Path):
-            try:
-                with open(data, "rb") as f:
-                    data = read_at_most(f, MAX_IMAGE_BYTES)
-            except OSError as e:
-                raise DataError(f"{where}: cannot read ({e.strerror})") from None
-            if len(data) > MAX_IMAGE_BYTES:
-                raise DataError(f"{where}: larger than {MAX_IMAGE_BYTES} bytes; not an image")
+            data = read_file(data, MAX_IMAGE_BYTES, "an image")
         try:
             with Image.open(io.BytesIO(data)) as image:
                 image.load()
