@@ -12,7 +12,7 @@ from twinsnn.data import fashion_mnist, image_folder
 
 def pytest_addoption(parser):
     parser.addoption("--real-data", metavar="DIR",
-                     help="a folder holding real data sets that tests read where given: "
+                     help="a folder holding real data sets that tests read where given (--real-data=DIR): "
                           "cifar10-jpeg.tar.gz (default: $TWINSNN_DATA)")
 
 
@@ -23,7 +23,7 @@ def cifar10_jpeg(request) -> Path:
     folder = request.config.getoption("--real-data") or os.environ.get("TWINSNN_DATA")
     source = image_folder.CIFAR10_JPEG.locate(Path(folder).resolve()) if folder else None
     if source is None:
-        pytest.skip("the CIFAR-10 JPEG copy was not given (pytest --real-data DIR, as .ci/run "
+        pytest.skip("the CIFAR-10 JPEG copy was not given (pytest --real-data=DIR, as .ci/run "
                     "does)")
     return source
 

@@ -1,4 +1,4 @@
-"""CIFAR-10 (JPEG q75 copy) from the real archive (``--real-data DIR``, as .ci/run gives it):
+"""CIFAR-10 (JPEG q75 copy) from the real archive (``--real-data=DIR``, as .ci/run gives it):
 a slice of it through the image-folder reader (class counts, shapes, pixels as Pillow decodes
 them, a short training run whose loss falls), and the whole archive as ``cifar10-jpeg``."""
 import io
