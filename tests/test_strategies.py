@@ -10,30 +10,16 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import TensorDataset
 
 import twinsnn
 from twinsnn.config import LossConfig
 from twinsnn.errors import ConfigError
 from twinsnn.strategies import DML, STRATEGIES, TNA, Strategy, from_config
 
+from tests.test_api import mlp, toy_data
+
 SETTINGS = dict(epochs=2, batch_size=16, lr=1e-3, compile=False, progress=False,
                 mode="ternary", start_epoch=1, delta_rule="mean_abs", delta=0.5)
-
-
-def toy_data(n: int = 96, seed: int = 0) -> TensorDataset:
-    """Images ``[n, 1, 8, 8]`` of 3 classes: a class-dependent bright row plus noise."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 3, (n,), generator=g)
-    x = torch.randn(n, 1, 8, 8, generator=g) * 0.3
-    x[torch.arange(n), 0, 2 * y + 1] += 2.0
-    return TensorDataset(x, y)
-
-
-def mlp() -> nn.Module:
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32),
-                         nn.ReLU(), nn.Linear(32, 3))
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
