@@ -256,7 +256,7 @@ def threaded_step(cohort: Cohort, strategy, train_cfg, x, y):
             opt.zero_grad(set_to_none=True)
         outputs = list(pool.map(lambda m: m(x), cohort.members))
         leaves = [out.detach().requires_grad_() for out in outputs]
-        strategy(leaves, y)[0].backward()
+        strategy.loss(leaves, y)[0].backward()
         list(pool.map(backward, range(len(outputs)), outputs, [leaf.grad for leaf in leaves]))
 
     return step

@@ -1,10 +1,11 @@
-"""Fixtures shared by the tests, the ``fmnist`` marker's skip and the summary that names what
-it skipped.
+"""Fixtures shared by the tests, the ``fmnist`` marker's skip and the summary that names the
+tests skipped for want of real data.
 
-Markers (pyproject.toml): ``slow`` (a test of more than about 10 s on a 2-core CPU; the inner
-loop is ``pytest -m "not slow"``), ``fmnist`` (reads the real Fashion-MNIST: skipped where it
-is not installed, and then listed at the end of the run with how to get it), ``timeout(s)``
-(pytest-timeout; the default is in pyproject.toml).
+Markers (pyproject.toml): ``slow`` (seconds to minutes on a 2-core CPU; the inner loop is
+``pytest -m "not slow"``), ``fmnist`` (reads the real Fashion-MNIST: skipped where it is not
+installed, and then listed at the end of the run with how to get it), ``timeout(s)``
+(pytest-timeout; the default is in pyproject.toml). The tests of the real CIFAR-10 JPEG copy
+(the ``cifar10_jpeg`` fixture) are listed alike when it is not given.
 """
 import gzip
 import os
@@ -15,9 +16,39 @@ import numpy as np
 import pytest
 import torch
 
-from twinsnn.data import fashion_mnist
+from twinsnn.data import fashion_mnist, image_folder
+
+
+def pytest_addoption(parser):
+    parser.addoption("--real-data", metavar="DIR",
+                     help="a folder holding real data sets that tests read where given (--real-data=DIR): "
+                          "cifar10-jpeg.tar.gz (default: $TWINSNN_DATA)")
+
+
+@pytest.fixture(scope="session")
+def cifar10_jpeg(request) -> Path:
+    """The real CIFAR-10 JPEG copy (its archive, or its extracted folder) in ``--real-data``
+    or ``$TWINSNN_DATA``; the test is skipped without it."""
+    folder = request.config.getoption("--real-data") or os.environ.get("TWINSNN_DATA")
+    source = image_folder.CIFAR10_JPEG.locate(Path(folder).resolve()) if folder else None
+    if source is None:
+        pytest.skip(NO_CIFAR10_JPEG)
+    return source
+
+
+def shared_folder(tmp_path_factory, name: str) -> Path:
+    """A folder of this test session that every xdist worker sees under the same path."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the workers' folders share this session's parent
+        root = root.parent
+    return root / name
+
 
 NO_FMNIST = "the real Fashion-MNIST is not installed"
+NO_CIFAR10_JPEG = "the CIFAR-10 JPEG copy was not given"
+HOW_TO_GET = {NO_FMNIST: fashion_mnist.HOW_TO_GET,  # the real data the tests may skip without
+              NO_CIFAR10_JPEG: "pytest --real-data=DIR, DIR holding cifar10-jpeg.tar.gz (as "
+                               ".ci/run does), or $TWINSNN_DATA"}
 
 
 def slow_when_compiled(kernels) -> list:
@@ -38,16 +69,17 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_terminal_summary(terminalreporter):
-    """Name every test that did not run for want of the real Fashion-MNIST, loudly."""
-    skipped = [r.nodeid for r in terminalreporter.stats.get("skipped", [])
-               if NO_FMNIST in str(r.longrepr)]
-    if not skipped:
-        return
-    terminalreporter.section(f"{len(skipped)} tests NOT RUN: {NO_FMNIST}", sep="!", red=True,
-                             bold=True)
-    for nodeid in sorted(skipped):
-        terminalreporter.write_line(f"  {nodeid}")
-    terminalreporter.write_line(f"to run them: {fashion_mnist.HOW_TO_GET}", red=True, bold=True)
+    """Name every test that did not run for want of real data, loudly, and how to get it."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    for reason, how in HOW_TO_GET.items():
+        missed = sorted(r.nodeid for r in skipped if reason in str(r.longrepr))
+        if not missed:
+            continue
+        terminalreporter.section(f"{len(missed)} tests NOT RUN: {reason}", sep="!", red=True,
+                                 bold=True)
+        for nodeid in missed:
+            terminalreporter.write_line(f"  {nodeid}")
+        terminalreporter.write_line(f"to run them: {how}", red=True, bold=True)
 
 
 def write_idx_gz(path: Path, array: np.ndarray) -> None:
@@ -131,12 +163,9 @@ def trained_runs(tmp_path_factory) -> dict:
     from twinsnn.config import load_config
     from twinsnn.api import fit
 
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):  # the workers' folders share this session's parent
-        root = root.parent
-    out = root / "trained"
+    out = shared_folder(tmp_path_factory, "trained")
     runs = {"fp": out / "fp", "ternary": out / "ternary"}
-    with FileLock(str(root / "trained.lock")):
+    with FileLock(str(out.parent / "trained.lock")):
         if not (runs["ternary"] / "model.safetensors").exists():
             common = [f"out_dir={out}", "model.width=0.0625", "data.train_limit=2000",
                       "data.val_size=500", "train.compile=false"]

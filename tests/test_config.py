@@ -37,7 +37,7 @@ def test_bad_values_are_rejected_with_the_choices(override, match):
 
 
 @pytest.mark.parametrize("override,match", [
-    ("strategy=magic", "loss.strategy must be one of single, tna, kd, kd\\+ce; got 'magic'$"),
+    ("strategy=magic", "loss.strategy must be one of single, tna, kd, kd\\+ce, dml; got 'magic'$"),
     ("precision=fp16", "train.precision must be one of fp32, bf16; got 'fp16' "
                        "\\(did you mean bf16\\?\\)"),
     ("arch=cifarnett", "model.arch must be one of .*; got 'cifarnett' \\(did you mean "

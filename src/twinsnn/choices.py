@@ -15,11 +15,12 @@ from .config import Config, to_flat
 from .data import DATASETS
 from .data.feeds import ENCODINGS
 from .errors import ConfigError
-from .losses import MATCHES, REDUCTIONS, STRATEGIES
+from .losses import MATCHES, REDUCTIONS
 from .models import FC_NORMS, MODELS
 from .neurons import NEURONS, SURROGATES
 from .quant import DELTA_PER, DELTA_RULES, MODES, SCALES, check_threshold_rule
 from .runtime import DEVICES, PRECISIONS
+from .strategies import STRATEGIES
 
 
 def choices() -> dict[str, tuple[str, ...]]:
@@ -29,7 +30,8 @@ def choices() -> dict[str, tuple[str, ...]]:
             "model.encoding": ENCODINGS,
             "model.surrogate": tuple(SURROGATES), "train.lr_step_unit": ("epoch", "batch"),
             "train.device": DEVICES, "train.precision": PRECISIONS,
-            "loss.strategy": STRATEGIES, "loss.reduction": REDUCTIONS, "loss.match": MATCHES,
+            "loss.strategy": tuple(STRATEGIES), "loss.reduction": REDUCTIONS,
+            "loss.match": MATCHES,
             "quant.mode": ("none", *MODES), "quant.scale": SCALES,
             "quant.delta_rule": DELTA_RULES, "quant.delta_per": DELTA_PER}
 

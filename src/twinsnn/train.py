@@ -30,10 +30,10 @@ from .distributed import World
 from .errors import ConfigError, Interrupted, TrainingError
 from .graphs import make_step
 from .inference import evaluate
-from .losses import Strategy, alpha_at, strategy_from_config
 from .neurons import reset_states
 from .quant import Selector
 from .runtime import resolve_device
+from .strategies import Strategy, from_config
 from .sums import EpochSums
 
 LOSS_CHECK_EVERY = 50  # steps between the device-to-host reads of the loss check
@@ -99,7 +99,7 @@ class Parts:
     factory: Callable[[], nn.Module]  # a fresh network per call (one per member)
     train: object = None  # the feed of the training split (data.feeds)
     evals: dict = field(default_factory=dict)  # the evaluated feeds: {"val": ..., "test": ...}
-    strategy: Strategy | None = None  # default: the config's loss.*
+    strategy: Strategy | None = None  # default: loss.strategy, built from the loss.* keys
     teacher: nn.Module | None = None  # the frozen network of kd and kd+ce
     reset: Callable[[nn.Module], None] = reset_states  # clears a network's state per batch
     layers: Selector = None  # which of the base's layers compression takes (quant.select_layers)
@@ -129,7 +129,7 @@ def build_trainer(cfg: Config, parts: Parts, sink: Sink | None = None,
     """The cohort of ``cfg`` made from ``parts`` on the config's device (this rank's GPU
     under torchrun), its strategy and step, reporting to ``sink`` (default ``Discard``);
     ``progress``: a progress bar per epoch."""
-    strategy = parts.strategy or strategy_from_config(cfg.loss)
+    strategy = parts.strategy or from_config(cfg.loss)
     device = world.device(resolve_device(cfg.train.device))
     cohort = build_cohort(cfg, parts.factory, strategy, device, parts.teacher, parts.meta,
                           parts.reset, parts.layers)
@@ -296,12 +296,12 @@ def summary_line(record: dict) -> str:
 
 def _switch(t: Trainer, epoch: int, mid_epoch: bool) -> bool:
     """Compression on from ``quant.start_epoch`` (with ``quant.lr_at_switch`` set there, and
-    ``loss.alpha_compressed`` from there); the data-parallel wrapper made anew when the
-    forward changed. Returns whether the base is compressed in ``epoch``."""
+    the strategy told so); the data-parallel wrapper made anew when the forward changed.
+    Returns whether the base is compressed in ``epoch``."""
     cfg, cohort = t.cfg, t.cohort
     was_compressed = quant.is_compressed(cohort.members[0])
     compressed = quant.set_compression(cohort.members[0], cfg.quant, epoch, cohort.layers)
-    t.strategy.alpha = alpha_at(cfg.loss, compressed)
+    t.strategy.set_compressed(compressed)
     if t.world.active and (cohort.parallel is None or compressed != was_compressed):
         cohort.parallel = None  # the old wrapper's hooks go before the new one's are set
         cohort.parallel = t.world.parallel(cohort.members, cohort.device)
