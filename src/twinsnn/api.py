@@ -135,6 +135,8 @@ def _parts(model, data, val, test, cfg: Config, device, classes, workers):
             evals["test"] = TensorFeed(splits.test, plain, device, _repeat(cfg))
         shape = (splits.num_classes, splits.in_channels, splits.image_size)
         data_meta = {"name": splits.name, "mean": list(splits.mean), "std": list(splits.std)}
+        if "classes" in splits.split:  # named by the data's own files (an image folder)
+            data_meta["classes"] = splits.split["classes"]
         split = splits.split
     else:
         train_feed = _user_feed(data, device, cfg, workers, "the training data")

@@ -32,8 +32,10 @@ from .strategies import STRATEGIES
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = "fashion-mnist"  # fashion-mnist | cifar10 | cifar100 | cifar10-dvs
-    dir: typing.Optional[str] = None  # data folder; else $TWINSNN_DATA, else system locations
+    name: str = "fashion-mnist"  # fashion-mnist | cifar10 | cifar100 | cifar10-dvs |
+    #   image-folder (<split>/<class>/<image>, a folder or an archive) | cifar10-jpeg
+    dir: typing.Optional[str] = None  # data folder (or archive); else $TWINSNN_DATA, else
+    #   system locations
     download: bool = False  # fetch from the official source when not found locally
     val_size: int = 5000  # samples carved out of the training set for model selection
     val_seed: int = 0  # seed of that split (fixed, so every run validates on the same set)
@@ -44,7 +46,8 @@ class DataConfig:
     augment: bool = True  # paper 5.1.1 augmentation on training batches
     resolution: int = 48  # event data: frames are resized to resolution x resolution
     split_seed: int = 0  # event data: seed of the per-class 9:1 train/test split
-    cache_dir: typing.Optional[str] = None  # event data: where framed samples are cached
+    cache_dir: typing.Optional[str] = None  # where decoded samples are cached (event frames,
+    #   image folders); default <data folder>/cache, else ~/.cache/twinsnn
 
 
 @dataclass(frozen=True)

@@ -257,7 +257,7 @@ def family_report(path: Path) -> dict:
         out.append({"comparison": name, "metric": metric, "unit": unit, **d})
     for entry, p in zip(out, holm([e.get("p") for e in out])):
         entry["p_holm"] = p
-    return {"title": spec.get("title", path.stem), "file": str(path), "correction": "holm",
+    return {"title": spec.get("title", path.name), "file": str(path), "correction": "holm",
             "size": sum(e.get("p") is not None for e in out), "comparisons": out}
 
 

@@ -1,6 +1,6 @@
 #!/bin/bash
 # Writes report.md and report.json beside this script: `twinsnn report --family` over
-# family.json, every paired comparison the README states, Holm-adjusted over all of them.
+# family.json, every paired comparison the README and docs/index.md state, Holm-adjusted over all of them.
 set -e
 cd "$(dirname "$0")"
 TWINSNN=${TWINSNN:-twinsnn}
