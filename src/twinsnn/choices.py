@@ -32,7 +32,7 @@ def choices() -> dict[str, tuple[str, ...]]:
             "train.device": DEVICES, "train.precision": PRECISIONS,
             "loss.strategy": tuple(STRATEGIES), "loss.reduction": REDUCTIONS,
             "loss.match": MATCHES,
-            "quant.mode": ("none", *MODES), "quant.scale": SCALES,
+            "quant.mode": ("none", *MODES), "quant.scale": ("auto", *SCALES),
             "quant.delta_rule": DELTA_RULES, "quant.delta_per": DELTA_PER}
 
 

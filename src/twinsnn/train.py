@@ -104,6 +104,8 @@ class Parts:
     reset: Callable[[nn.Module], None] = reset_states  # clears a network's state per batch
     layers: Selector = None  # which of the base's layers compression takes (quant.select_layers)
     meta: dict = field(default_factory=dict)  # how to rebuild and feed the base
+    example: torch.Tensor | None = None  # a training batch, where quant.scale=auto looks
+    # for the normalization after each layer of a network that is not a SpikingNetwork
 
 
 @dataclass
@@ -132,7 +134,7 @@ def build_trainer(cfg: Config, parts: Parts, sink: Sink | None = None,
     strategy = parts.strategy or from_config(cfg.loss)
     device = world.device(resolve_device(cfg.train.device))
     cohort = build_cohort(cfg, parts.factory, strategy, device, parts.teacher, parts.meta,
-                          parts.reset, parts.layers)
+                          parts.reset, parts.layers, parts.example)
     return Trainer(cfg, cohort, strategy, make_step(cohort, strategy, cfg.train, world),
                    parts.train, parts.evals, sink or Discard(), StopSignal(), world, progress)
 
@@ -300,7 +302,8 @@ def _switch(t: Trainer, epoch: int, mid_epoch: bool) -> bool:
     Returns whether the base is compressed in ``epoch``."""
     cfg, cohort = t.cfg, t.cohort
     was_compressed = quant.is_compressed(cohort.members[0])
-    compressed = quant.set_compression(cohort.members[0], cfg.quant, epoch, cohort.layers)
+    compressed = quant.set_compression(cohort.members[0], cfg.quant, epoch, cohort.layers,
+                                       cohort.scales)
     t.strategy.set_compressed(compressed)
     if t.world.active and (cohort.parallel is None or compressed != was_compressed):
         cohort.parallel = None  # the old wrapper's hooks go before the new one's are set
