@@ -136,15 +136,17 @@ def own_spiking_network() -> SpikingNetwork:
     return SpikingNetwork(modules, nodes, timesteps=3, readout_decay=0.5).eval()
 
 
+SHAPE = {"model": {"in_channels": 1, "image_size": [8, 8], "num_classes": 3}}
+
+
 def test_a_structure_network_of_your_own_goes_to_every_format(tmp_path):
     net, x = own_spiking_network(), torch.randn(5, 1, 8, 8) * 2
-    shape = {"model": {"in_channels": 1, "image_size": [8, 8], "num_classes": 3}}
     for name, fmt in FORMATS.items():
         if fmt.own:
             path = twinsnn.export(net, tmp_path / f"s{fmt.suffix}", format=name)
             loaded = twinsnn.load(path, model=own_spiking_network())
         else:
-            path = twinsnn.export(net, tmp_path / f"s{fmt.suffix}", format=name, meta=shape)
+            path = twinsnn.export(net, tmp_path / f"s{fmt.suffix}", format=name, meta=SHAPE)
             loaded = twinsnn.load(path)
             with pytest.raises(CheckpointError, match="without model="):
                 twinsnn.load(path, model=own_spiking_network())
@@ -160,8 +162,15 @@ def test_format_names_and_options_are_checked(tmp_path):
         twinsnn.export(net, tmp_path / "m.tnn", format="onnx")
     with pytest.raises(ConfigError, match="takes no option fold"):
         twinsnn.export(net, tmp_path / "m.tnn", fold="weights")
+    for name in ("nir", "nir-portable"):
+        with pytest.raises(ConfigError, match="needs the input's shape"):
+            twinsnn.export(net, tmp_path / "m.nir", format=name)
     assert format_of(tmp_path / "model.bin") is FORMATS["packed"]
     assert not (tmp_path / "m.tnn").exists()
+    # a .nir file names the exact graph, whatever a file already at the path holds
+    portable = twinsnn.export(net, tmp_path / "m.nir", format="nir-portable", meta=SHAPE)
+    assert format_of(portable) is FORMATS["nir-portable"]
+    assert graph_format(twinsnn.export(net, portable, meta=SHAPE)) == NIR_FORMAT
 
 
 # ---- files written by twinsnn 0.2.0 ----------------------------------------------------

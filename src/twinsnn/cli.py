@@ -154,7 +154,7 @@ def cmd_export(args) -> int:
     if source.suffix == ".nir":
         raise CheckpointError(f"{source} is a NIR graph already; export the checkpoint.pt, "
                               "model.safetensors or .tnn it came from")
-    fmt = FORMATS[args.format] if args.format else format_of(output)
+    fmt = FORMATS[args.format] if args.format else format_of(output, existing=False)
     model = load(source)
     out = export(model, output, fmt.name, **({} if args.fold is None else {"fold": args.fold}))
     print(f"wrote {out} ({fmt.name}: {fmt.summary})")

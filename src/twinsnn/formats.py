@@ -7,6 +7,7 @@ per format.
 | `safetensors` | `.safetensors` | the base network in float32, compressed weights baked in (a run's `model.safetensors`, `checkpoint.save_model`) |
 | `checkpoint` | `.pt` | a training checkpoint, every member of a cohort (`checkpoint`); written from a network: one member, nothing to resume |
 | `nir` | `.nir` | a NIR graph with BatchNorm folded, which twinsnn reads back bitwise (`nir`) |
+| `nir-portable` | `.nir` | a NIR graph that SpikingJelly, snnTorch and Norse run: one threshold per layer, BatchNorm in the weights, ternary weights as codes x a factor per channel (`portable`) |
 
 A network carries its own description (``structure.SpikingNetwork.meta``: how to rebuild it,
 the data it was trained on, its config), which every writer records: a built-in network comes
@@ -30,6 +31,8 @@ from .errors import CheckpointError, ConfigError, lookup
 from .nir import FOLDS, graph_format, read_graph, write_graph
 from .nir import FORMAT as NIR_FORMAT
 from .packed import export_packed, load_packed
+from .portable import FORMAT as PORTABLE_FORMAT
+from .portable import read_portable, write_portable
 from .models import SHAPE_KEYS
 from .structure import SpikingNetwork
 
@@ -79,18 +82,23 @@ FORMATS = {
                   "bitwise, or the weights)",
                   _write_nir, lambda p, model, _: read_graph(p), options=("fold",),
                   own=False, claims=lambda p: graph_format(p) == NIR_FORMAT),
+    "nir-portable": Format("nir-portable", ".nir", "a NIR graph that SpikingJelly, snnTorch "
+                           "and Norse run (one threshold per layer, BatchNorm in the weights)",
+                           lambda m, p, meta: write_portable(m, meta, p),
+                           lambda p, model, _: read_portable(p), own=False,
+                           claims=lambda p: graph_format(p) == PORTABLE_FORMAT),
 }
 """The formats by name; ``twinsnn.export(..., format=name)`` writes one."""
 DEFAULT = "packed"  # for a file whose suffix names no format
 
 
-def format_of(path) -> Format:
-    """The format of the file at ``path``: the one its suffix names (where several share it,
-    the one that claims the file, else the first, whose reader says what is wrong); the
-    default for any other suffix."""
+def format_of(path, existing: bool = True) -> Format:
+    """The format of the file at ``path``: the one its suffix names, the default for any other
+    suffix. Where several share the suffix: for an ``existing`` file the one that claims it
+    (else the first, whose reader says what is wrong), for a file to write the first."""
     path = Path(path)
     candidates = [f for f in FORMATS.values() if f.suffix == path.suffix]
-    if len(candidates) > 1:
+    if len(candidates) > 1 and existing:
         return next((f for f in candidates if f.claims(path)), candidates[0])
     return candidates[0] if candidates else FORMATS[DEFAULT]
 
@@ -110,7 +118,7 @@ def write(model: nn.Module, path, format: str | None = None, meta: dict | None =
     """Write ``model`` to ``path`` in ``format`` (a name in ``FORMATS``; default: the one the
     suffix names, else packed) with ``meta`` (default: ``describe(model)``); ``options`` go to
     the writer (the NIR graph's ``fold``). Returns the path."""
-    fmt = format_of(path) if format is None else lookup(FORMATS, format, "format")
+    fmt = format_of(path, False) if format is None else lookup(FORMATS, format, "format")
     unknown = [name for name in options if name not in fmt.options]
     if unknown:
         raise ConfigError(f"the {fmt.name} format takes no option {unknown[0]}"

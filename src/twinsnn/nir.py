@@ -68,6 +68,18 @@ def _readout(decay: float, size: int) -> nir.NIRNode:
     return nir.LI(tau=ones * (DT / (1.0 - decay)), r=ones / (1.0 - decay), v_leak=0 * ones)
 
 
+def input_shape(meta: dict) -> tuple[int, ...]:
+    """The per-sample shape ``(C, H, W)`` of a network's input, from its ``meta`` (``model``'s
+    ``in_channels`` and ``image_size``, or those at its top level); ``ConfigError`` if absent."""
+    spec = meta.get("model", meta) if isinstance(meta.get("model"), dict) else meta
+    channels, size = spec.get("in_channels"), spec.get("image_size")
+    if not (type(channels) is int and isinstance(size, (list, tuple)) and len(size) == 2):
+        raise ConfigError("NIR export needs the input's shape: pass meta={'model': "
+                          "{'in_channels': C, 'image_size': [H, W]}} (a built-in network "
+                          "carries it)")
+    return (channels, *size)
+
+
 def lif_constants(node: Node) -> tuple[float, float]:
     """``(decay a, threshold theta)`` of a layer node's LIF neurons, for ``a`` in [0, 1) (NIR's
     LIF node has a finite time constant); ``ConfigError`` for any other neuron or decay."""
@@ -110,22 +122,17 @@ def _layer(module: nn.Module, f: FoldedBlock, decay: float, threshold: float, fo
     return synapse, neuron
 
 
-def to_graph(model: nn.Module, meta: dict, fold: str = "neurons") -> nir.NIRGraph:
-    """The NIR graph of a ``SpikingNetwork`` (eval mode, BatchNorm folded as ``fold`` says,
-    see ``_layer``); ``meta``: how the model was built and fed (``model``, ``data``,
-    ``config``), kept in the graph's metadata. A layer becomes ``<name>.synapse`` and
-    ``<name>.lif``, the readout ``<name>.synapse`` and ``<name>.li``; an addition becomes
-    edges converging on the nodes that read it (NIR sums a node's inputs); dropout is left
-    out."""
-    if fold not in FOLDS:
-        raise ConfigError(f"fold must be one of {FOLDS}, got {fold!r}")
-    net = network(model, "NIR export").eval()
-    folded = fold_layers(net)
-    spec = meta.get("model", meta)
-    shape = (spec["in_channels"], *spec["image_size"])  # per-sample shape of the input
+def network_graph(net: SpikingNetwork, meta: dict, layer, pool, readout,
+                  info: dict) -> nir.NIRGraph:
+    """The NIR graph of ``net``'s nodes from ``input`` to ``output``, with ``info`` (and the
+    input's normalization and the model's ``meta``) as JSON in its metadata. A layer becomes
+    ``layer(node, in_shape, out_shape) -> (synapse, neuron)``, named ``<name>.synapse`` and
+    ``<name>.lif``; a pool ``pool(node, kernel)``; the readout the chain ``readout(node) ->
+    [(suffix, NIR node), ...]`` named ``<name>.<suffix>`` before the ``output``; an addition
+    becomes edges converging on the nodes that read it (NIR sums a node's inputs); dropout is
+    left out."""
+    shape = input_shape(meta)
     sizes = shapes(net, shape)
-    sum_pools = {p.name for node in layers(net) if folded[node.name].sums_pool
-                 for p in input_pools(net, node)[1]}
     nodes, edges = {"input": nir.Input(input_type=np.array(shape))}, []
     ends = {INPUT: ["input"]}  # a node's output: the NIR nodes whose outputs sum to it
 
@@ -139,44 +146,71 @@ def to_graph(model: nn.Module, meta: dict, fold: str = "neurons") -> nir.NIRGrap
             ends[node.name] = sources
             continue
         if node.kind == "layer":
-            synapse, lif = _layer(node.module.synapse, folded[node.name], *lif_constants(node),
-                                  fold, sizes[node.inputs[0]], sizes[f"{node.name}.synapse"])
+            synapse, neuron = layer(node, sizes[node.inputs[0]], sizes[f"{node.name}.synapse"])
             add(f"{node.name}.synapse", synapse, sources)
-            add(f"{node.name}.lif", lif, [f"{node.name}.synapse"])
+            add(f"{node.name}.lif", neuron, [f"{node.name}.synapse"])
             ends[node.name] = [f"{node.name}.lif"]
-            continue
-        if node.kind == "pool":
-            k = np.array(node.module.kernel_size if isinstance(node.module.kernel_size, tuple)
-                         else (node.module.kernel_size,) * 2)
-            summing = node.name in sum_pools or pool_area(node.module) == 1
-            kind = nir.SumPool2d if summing else nir.AvgPool2d
-            add(node.name, kind(kernel_size=k, stride=k, padding=np.zeros(2, int)), sources)
+        elif node.kind == "pool":
+            pool_area(node.module)  # a non-overlapping, unpadded pool
+            k = node.module.kernel_size
+            add(node.name, pool(node, np.array(k if isinstance(k, tuple) else (k, k))), sources)
+            ends[node.name] = [node.name]
         elif node.kind == "flatten":
             add(node.name, nir.Flatten(input_type=np.array(sizes[node.inputs[0]]),
                                        start_dim=0), sources)
-        else:  # readout
-            add(f"{node.name}.synapse", nir.Affine(
-                weight=node.module.weight.detach().float().numpy(),
-                bias=node.module.bias.detach().float().numpy()), sources)
-            add(f"{node.name}.li", _readout(net.readout_decay, node.module.out_features),
-                [f"{node.name}.synapse"])
-            add("output", nir.Output(output_type=np.array([node.module.out_features])),
-                [f"{node.name}.li"])
-            continue
-        ends[node.name] = [node.name]
+            ends[node.name] = [node.name]
+        else:
+            for suffix, step in readout(node):
+                add(f"{node.name}.{suffix}", step, sources)
+                sources = [f"{node.name}.{suffix}"]
+            add("output", nir.Output(output_type=np.array([node.module.out_features])), sources)
     data = meta.get("data", {})
-    info = {"format": FORMAT, "dt": DT, "timesteps": net.timesteps, "decode": DECODE,
-            "fold": fold, "input": INPUT_NOTE, "normalization": {
-                "mean": data.get("mean"), "std": data.get("std")}, "meta": meta}
+    info = {**info, "input": INPUT_NOTE, "normalization": {
+        "mean": data.get("mean"), "std": data.get("std")}, "meta": meta}
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata={METADATA_KEY: json.dumps(info)})
 
 
-def write_graph(model: nn.Module, meta: dict, path, fold: str = "neurons") -> Path:
-    """``nir.write`` of ``to_graph(model, meta, fold)`` to ``path``, atomically."""
+def save_graph(graph: nir.NIRGraph, path) -> Path:
+    """``nir.write`` of ``graph`` to ``path``, atomically."""
     path = Path(path)
-    graph = to_graph(model, meta, fold)
     atomic_write(path, lambda tmp: nir.write(tmp, graph))
     return path
+
+
+def to_graph(model: nn.Module, meta: dict, fold: str = "neurons") -> nir.NIRGraph:
+    """The NIR graph of a ``SpikingNetwork`` (eval mode, BatchNorm folded as ``fold`` says,
+    see ``_layer``; ``network_graph``); ``meta``: how the model was built and fed
+    (``model``, ``data``, ``config``), kept in the graph's metadata. The readout is
+    ``<name>.synapse`` and ``<name>.li``."""
+    if fold not in FOLDS:
+        raise ConfigError(f"fold must be one of {FOLDS}, got {fold!r}")
+    net = network(model, "NIR export").eval()
+    folded = fold_layers(net)
+    sum_pools = {p.name for node in layers(net) if folded[node.name].sums_pool
+                 for p in input_pools(net, node)[1]}
+
+    def layer(node, in_shape, out_shape):
+        return _layer(node.module.synapse, folded[node.name], *lif_constants(node), fold,
+                      in_shape, out_shape)
+
+    def pool(node, k):
+        summing = node.name in sum_pools or pool_area(node.module) == 1
+        kind = nir.SumPool2d if summing else nir.AvgPool2d
+        return kind(kernel_size=k, stride=k, padding=np.zeros(2, int))
+
+    def readout(node):
+        return [("synapse", nir.Affine(weight=node.module.weight.detach().float().numpy(),
+                                       bias=node.module.bias.detach().float().numpy())),
+                ("li", _readout(net.readout_decay, node.module.out_features))]
+
+    info = {"format": FORMAT, "dt": DT, "timesteps": net.timesteps, "decode": DECODE,
+            "fold": fold}
+    return network_graph(net, meta, layer, pool, readout, info)
+
+
+def write_graph(model: nn.Module, meta: dict, path, fold: str = "neurons") -> Path:
+    """``to_graph(model, meta, fold)`` written to ``path``, atomically."""
+    return save_graph(to_graph(model, meta, fold), path)
 
 
 class GraphLIF(nn.Module):
@@ -316,7 +350,8 @@ def _assemble(graph: nir.NIRGraph, info: dict, readout_decay: float | None = Non
         sources = [ours[i] for i in inputs[name]]
         if isinstance(node, nir.Output):
             if out is None or sources != ["out"]:
-                raise NotTwinsnnShaped("its Output does not read the readout")
+                raise NotTwinsnnShaped("its Output does not read an Affine -> LI readout (or a "
+                                       "portable graph's readout Affine)")
             continue
         if out is not None:
             raise NotTwinsnnShaped(f"node {name} comes after the readout")
