@@ -46,7 +46,7 @@ from twinsnn.analysis import dense_macs
 from twinsnn.cohort import Cohort, build_cohort, optimization
 from twinsnn.config import ModelConfig, load_config
 from twinsnn.data import DataSplits, Dataset
-from twinsnn.losses import strategy_from_config
+from twinsnn.strategies import from_config as strategy_from_config
 from twinsnn.models import build_model, cifarnet
 from twinsnn.neurons import set_kernel
 from twinsnn.run import code_version, cpu_info
@@ -258,7 +258,7 @@ def threaded_step(cohort: Cohort, strategy, train_cfg, x, y):
             opt.zero_grad(set_to_none=True)
         outputs = list(pool.map(lambda m: m(x), cohort.members))
         leaves = [out.detach().requires_grad_() for out in outputs]
-        strategy(leaves, y)[0].backward()
+        strategy.loss(leaves, y)[0].backward()
         list(pool.map(backward, range(len(outputs)), outputs, [leaf.grad for leaf in leaves]))
 
     return step

@@ -22,7 +22,8 @@ from twinsnn.cohort import build_cohort
 from twinsnn.config import load_config
 from twinsnn.data import build_data
 from twinsnn.data.transforms import Preprocess
-from twinsnn.losses import logits_of, strategy_from_config
+from twinsnn.losses import logits_of
+from twinsnn.strategies import from_config as strategy_from_config
 from twinsnn.models import build_model
 from twinsnn.train import train_step
 

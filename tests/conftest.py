@@ -7,7 +7,33 @@ import numpy as np
 import pytest
 import torch
 
-from twinsnn.data import fashion_mnist
+from twinsnn.data import fashion_mnist, image_folder
+
+
+def pytest_addoption(parser):
+    parser.addoption("--real-data", metavar="DIR",
+                     help="a folder holding real data sets that tests read where given (--real-data=DIR): "
+                          "cifar10-jpeg.tar.gz (default: $TWINSNN_DATA)")
+
+
+@pytest.fixture(scope="session")
+def cifar10_jpeg(request) -> Path:
+    """The real CIFAR-10 JPEG copy (its archive, or its extracted folder) in ``--real-data``
+    or ``$TWINSNN_DATA``; the test is skipped without it."""
+    folder = request.config.getoption("--real-data") or os.environ.get("TWINSNN_DATA")
+    source = image_folder.CIFAR10_JPEG.locate(Path(folder).resolve()) if folder else None
+    if source is None:
+        pytest.skip("the CIFAR-10 JPEG copy was not given (pytest --real-data=DIR, as .ci/run "
+                    "does)")
+    return source
+
+
+def shared_folder(tmp_path_factory, name: str) -> Path:
+    """A folder of this test session that every xdist worker sees under the same path."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the workers' folders share this session's parent
+        root = root.parent
+    return root / name
 
 
 def write_idx_gz(path: Path, array: np.ndarray) -> None:
@@ -93,12 +119,9 @@ def trained_runs(tmp_path_factory) -> dict:
 
     if fashion_mnist.locate(None) is None:
         pytest.skip("real Fashion-MNIST not installed")
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):  # the workers' folders share this session's parent
-        root = root.parent
-    out = root / "trained"
+    out = shared_folder(tmp_path_factory, "trained")
     runs = {"fp": out / "fp", "ternary": out / "ternary"}
-    with FileLock(str(root / "trained.lock")):
+    with FileLock(str(out.parent / "trained.lock")):
         if not (runs["ternary"] / "model.safetensors").exists():
             common = [f"out_dir={out}", "model.width=0.0625", "data.train_limit=2000",
                       "data.val_size=500", "train.compile=false"]

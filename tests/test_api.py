@@ -99,8 +99,8 @@ def test_dataset_and_dataloader_feeds_equal_the_in_memory_path(tiny_fmnist, tmp_
     loader = DataLoader(train, batch_size=32, sampler=order,
                         generator=torch.Generator().manual_seed(1))
     runs = [twinsnn.fit("cifarnet", "fashion-mnist", name="memory", **common),
-            twinsnn.fit("cifarnet", train, val=val, classes=10, name="dataset", **common),
-            twinsnn.fit("cifarnet", loader, val=val, classes=10, name="loader", **common)]
+            twinsnn.fit("cifarnet", train, val=val, num_classes=10, name="dataset", **common),
+            twinsnn.fit("cifarnet", loader, val=val, num_classes=10, name="loader", **common)]
     first = weights(runs[0])
     for run in runs[1:]:
         assert all(torch.equal(first[k], v) for k, v in weights(run).items())

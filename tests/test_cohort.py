@@ -16,7 +16,7 @@ from twinsnn.data import build_data
 from twinsnn.data.feeds import TensorFeed
 from twinsnn.data.transforms import Preprocess
 from twinsnn.inference import evaluate_file
-from twinsnn.losses import strategy_from_config
+from twinsnn.strategies import from_config as strategy_from_config
 from twinsnn.models import build_model
 from twinsnn.run import RunFolder, StopSignal
 from twinsnn.train import Training, train_one_epoch, train_step

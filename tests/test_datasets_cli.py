@@ -95,6 +95,7 @@ PAPER = {"width": 1.0, "timesteps": 5, "batch_size": 256, "lr": 0.01, "lr_gamma"
          "lr_step_size": 1, "lr_step_unit": "epoch", "epochs": 250}
 CPU = {"width": 0.125, "timesteps": 5, "batch_size": 64, "lr": 0.002, "lr_gamma": 0.928,
        "lr_step_size": 100, "lr_step_unit": "batch"}  # as fmnist-cpu
+CIFAR10_JPEG_CPU = {**CPU, "timesteps": 2, "epochs": 3}
 
 
 @pytest.mark.parametrize("name,data,dropout,scale,alpha", [
@@ -107,6 +108,9 @@ CPU = {"width": 0.125, "timesteps": 5, "batch_size": 64, "lr": 0.002, "lr_gamma"
     ("cifar10-cpu", "cifar10", 0.2, CPU, None),
     ("cifar100-cpu", "cifar100", 0.2, CPU, None),
     ("cifar10dvs-cpu", "cifar10-dvs", 0.5, CPU, None),
+    ("cifar10-jpeg-paper", "cifar10-jpeg", 0.2, PAPER, None),
+    ("cifar10-jpeg-paper-tna", "cifar10-jpeg", 0.2, PAPER, 1e-3),
+    ("cifar10-jpeg-cpu", "cifar10-jpeg", 0.2, CIFAR10_JPEG_CPU, None),
 ])
 def test_presets(name, data, dropout, scale, alpha):
     cfg = load_config(name)
@@ -120,3 +124,17 @@ def test_presets(name, data, dropout, scale, alpha):
         assert (cfg.loss.strategy, cfg.loss.members, cfg.loss.alpha) == ("tna", 2, alpha)
     if data == "cifar10-dvs":
         assert cfg.data.resolution == (48 if "paper" in name else 32)
+    assert cfg.data.augment == (name != "cifar10-jpeg-cpu")
+
+
+@pytest.mark.parametrize("arm,strategy,mode", [("cpu-tna", "tna", "none"),
+                                               ("cpu-tsnn", "single", "ternary"),
+                                               ("cpu-tna-tsnn", "tna", "ternary"),
+                                               ("paper-tna-tsnn", "tna", "ternary")])
+def test_cifar10_jpeg_arms_change_only_their_own_settings(arm, strategy, mode):
+    base = load_config("cifar10-jpeg-paper" if "paper" in arm else "cifar10-jpeg-cpu")
+    cfg = load_config(f"cifar10-jpeg-{arm}")
+    assert (cfg.data, cfg.model, cfg.train) == (base.data, base.model, base.train)
+    assert (cfg.loss.strategy, cfg.quant.mode) == (strategy, mode)
+    if mode != "none":
+        assert cfg.quant.start_epoch == (150 if "paper" in arm else 2)

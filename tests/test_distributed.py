@@ -53,7 +53,7 @@ def train_steps(data_dir, dtype=torch.float64) -> dict:
     from twinsnn.data.transforms import Preprocess
     from twinsnn.models import build_model
     from twinsnn.distributed import join, leave, synchronize_batchnorm
-    from twinsnn.losses import strategy_from_config
+    from twinsnn.strategies import from_config as strategy_from_config
     from twinsnn.run import RunFolder, StopSignal
     from twinsnn.train import Training, train_one_epoch, train_step
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from twinsnn.config import DataConfig
-from twinsnn.data import build_data, cifar10_dvs, dataset_module
+from twinsnn.data import build_data, cache, cifar10_dvs, dataset_module
 from twinsnn.data.transforms import AUGMENTATIONS, random_rotate_shear
 from twinsnn.errors import ConfigError, DataError
 
@@ -150,21 +150,21 @@ CACHE_WRITE = textwrap.dedent("""
 @pytest.mark.parametrize("how", ["killed", "write_error"])
 def test_failed_cache_write_leaves_no_trusted_cache(dvs_root, tmp_path, how):
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    cache = tmp_path / "cache"
-    done = subprocess.run([sys.executable, "-c", CACHE_WRITE, str(dvs_root), str(cache), how],
+    folder = tmp_path / "cache"
+    done = subprocess.run([sys.executable, "-c", CACHE_WRITE, str(dvs_root), str(folder), how],
                           env=env, capture_output=True, timeout=120)
     if how == "killed":  # died in the middle of writing the temporary file
         assert done.returncode == -signal.SIGXFSZ, done.stderr.decode()[-2000:]
-        assert list(cache.glob("*.tmp"))
+        assert list(folder.glob("*.tmp"))
     else:  # the write failed with EFBIG: the data is still returned, with a warning
         assert done.returncode == 0 and done.stdout.decode().split() == ["90"]
         assert b"could not write the CIFAR10-DVS cache" in done.stderr
-        assert not list(cache.glob("*.tmp"))
-    assert not list(cache.glob("*.bin"))
+        assert not list(folder.glob("*.tmp"))
+    assert not list(folder.glob("*.bin"))
     train, test, provenance = cifar10_dvs.load(cfg(dvs_root, tmp_path, resolution=16), 3)
     assert sorted(identity(train.x, train.y) + identity(test.x, test.y)) == \
         [(c, i) for c in range(10) for i in range(10)]
-    assert cifar10_dvs.read_cache(*_cache_and_key(dvs_root, provenance, 3, 16)) is not None
+    assert cache.read(*_cache_and_key(dvs_root, provenance, 3, 16)) is not None
 
 
 def _cache_and_key(root, provenance, timesteps, resolution):
@@ -181,17 +181,17 @@ def test_damaged_cache_is_not_trusted(dvs_root, tmp_path, damage):
         raw = raw[:-100]
     elif damage == "flip_byte":
         raw[-1] ^= 0x40  # same size, wrong SHA-256
-    assert cifar10_dvs.read_cache(path, key) is not None
+    assert cache.read(path, key) is not None
     with open(path, "wb") as f:
         f.write(raw)
     if damage == "other_key":
         key = {**key, "files_sha256": "0" * 64}
-        assert cifar10_dvs.read_cache(path, key) is None
+        assert cache.read(path, key) is None
         return
-    assert cifar10_dvs.read_cache(path, key) is None
+    assert cache.read(path, key) is None
     again, _, _ = cifar10_dvs.load(cfg(dvs_root, tmp_path, resolution=16), 3)  # reframed, rewritten
     assert torch.equal(again.x, train.x)
-    assert cifar10_dvs.read_cache(path, key) is not None
+    assert cache.read(path, key) is not None
 
 
 @pytest.mark.parametrize("case", ["truncated", "bad_header", "no_events", "header_unterminated"])

@@ -34,7 +34,7 @@ from test_cli import assert_one_line_error, cli
 from test_dvs import recording, write_aedat
 from twinsnn import checkpoint, config
 from twinsnn.config import Config, ModelConfig, to_flat
-from twinsnn.data import cifar10_dvs, idx
+from twinsnn.data import cache, cifar10_dvs, idx
 from twinsnn.data.cifar import parse_batch
 from twinsnn.errors import CheckpointError, ConfigError, DataError, TwinsnnError
 from twinsnn.inference import load_for_eval
@@ -327,18 +327,20 @@ def test_aedat_endless_comment_header(tmp_path):
     assert time.process_time() - start < 2
 
 
-@pytest.mark.parametrize("damage", ["nested", "binary", "other-key", "empty", "flipped"])
-def test_damaged_dvs_cache_is_ignored(tmp_path, damage):
+@pytest.mark.parametrize("damage", ["nested", "binary", "other-key", "empty", "flipped",
+                                    "huge-shape", "object-dtype"])
+def test_damaged_cache_is_ignored(tmp_path, damage):
     key = cifar10_dvs.cache_key(tmp_path, [], timesteps=2, resolution=4)
-    key["recordings"] = 1
     path = tmp_path / "cache.bin"
-    cifar10_dvs.write_cache(path, key, np.ones((1, 2, 2, 4, 4), np.float16), np.zeros(1, np.int64))
-    assert cifar10_dvs.read_cache(path, key) is not None
+    cache.write(path, key, [np.zeros(1, np.int64), np.ones((1, 2, 2, 4, 4), np.float16)])
+    assert cache.read(path, key) is not None
     raw = path.read_bytes()
     path.write_bytes({"nested": b"[" * 4000 + raw[raw.index(b"\n"):], "binary": b"\xff\xfe\n" + raw,
                       "other-key": raw.replace(b'"timesteps": 2', b'"timesteps": 3'),
-                      "empty": b"", "flipped": raw[:-1] + bytes([raw[-1] ^ 1])}[damage])
-    assert cifar10_dvs.read_cache(path, key) is None
+                      "empty": b"", "flipped": raw[:-1] + bytes([raw[-1] ^ 1]),
+                      "huge-shape": raw.replace(b"[1, 2, 2, 4, 4]", b"[1, 2, 2, 4, 4000000000000]"),
+                      "object-dtype": raw.replace(b'"<f2"', b'"|O8"')}[damage])
+    assert cache.read(path, key) is None
 
 
 def _resave(path, meta_edit=None, header_edit=None):

@@ -107,7 +107,7 @@ def test_peers_step_through_train_step(net_and_batch, name):
     """The benchmark times every implementation with the library's step."""
     need(name.split(":")[0])
     from twinsnn.cohort import Cohort
-    from twinsnn.losses import Strategy
+    from twinsnn.strategies import Single
     from twinsnn.train import train_step
 
     net, x, y = net_and_batch
@@ -117,6 +117,6 @@ def test_peers_step_through_train_step(net_and_batch, name):
     optimizer = torch.optim.Adam(peer.parameters(), lr=1e-3)
     cohort = Cohort([peer], optimizer, torch.optim.lr_scheduler.StepLR(optimizer, 1))
     before = [p.detach().clone() for p in peer.parameters()]
-    loss, parts, outputs = train_step(cohort, Strategy("single", 0.0, "sum", "logits", 1), x, y)
+    loss, parts, outputs = train_step(cohort, Single(), x, y)
     assert outputs[0].shape == (5, 8, 10) and torch.isfinite(loss)
     assert any(not torch.equal(b, p) for b, p in zip(before, peer.parameters()))

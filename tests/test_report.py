@@ -5,8 +5,8 @@ import math
 import pytest
 
 from twinsnn.cli import main
-from twinsnn.report import (curves_figure, load_run, paired_difference, paired_rows, summarize,
-                            t_interval)
+from twinsnn.report import (curves_figure, family_report, holm, load_run, paired_difference,
+                            paired_rows, summarize, t_interval)
 
 
 def test_t_interval_by_hand():
@@ -37,6 +37,17 @@ def test_paired_difference_by_hand():
     assert paired_difference({0: 1.0, 1: 2.0}, {0: 2.0, 1: 3.0})["p"] is None  # no spread
 
 
+def test_holm_by_hand():
+    # sorted 0.005 < 0.01 < 0.03 < 0.04 (m = 4): 4 x 0.005 = 0.02, 3 x 0.01 = 0.03,
+    # 2 x 0.03 = 0.06, 1 x 0.04 = 0.04 raised to the 0.06 before it (step-down monotone)
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02], rel=1e-12)
+    # 3 x 0.3 = 0.9; 2 x 0.8 = 1.6 capped at 1; 0.9 raised to 1; None is outside the family
+    adjusted = holm([0.8, None, 0.3, 0.9])
+    assert adjusted[1] is None
+    assert [adjusted[i] for i in (0, 2, 3)] == pytest.approx([1.0, 0.9, 1.0], rel=1e-12)
+    assert holm([0.02]) == [0.02] and holm([]) == []
+
+
 def fake_run(root, name, seed, val, test=None, machine=None, **config):
     """A run folder as `twinsnn train` leaves it (run.json, metrics.jsonl, test.json)."""
     run = root / name
@@ -48,7 +59,8 @@ def fake_run(root, name, seed, val, test=None, machine=None, **config):
     (run / "run.json").write_text(json.dumps({"config": sections, "machine": machine or {}}))
     (run / "metrics.jsonl").write_text(json.dumps({"epoch": 0, "val_acc/0": val}) + "\n")
     if test is not None:
-        (run / "test.json").write_text(json.dumps({"accuracy": test}))
+        (run / "test.json").write_text(json.dumps(
+            {"accuracy": test} if isinstance(test, float) else test))
     return run
 
 
@@ -78,6 +90,67 @@ def test_report_pairs_configs_by_seed(tmp_path, capsys):
     binary = fake_run(tmp_path / "more", "fp-seed3", 3, 0.5, quant__mode="binary")
     rows = summarize([load_run(r) for r in [*runs, binary]])
     assert [r["name"] for r in rows] == [None] * 3  # "fp" would name two configs
+
+
+def test_report_adjusts_its_comparisons_by_holm(tmp_path, capsys):
+    # test accuracies (fp, a, b) per seed: a - fp = +1, +2, +2 points (p_a, test_paired by
+    # hand), b - fp = -1, -3, -2 (p_b); Holm over the two test comparisons of the table
+    tests = {"fp": (0.80, 0.81, 0.82), "a": (0.81, 0.83, 0.84), "b": (0.79, 0.78, 0.80)}
+    runs = [fake_run(tmp_path, f"{n}-seed{s}", s, 0.5 + s / 100 + (n != "fp") * (s + 1) / 100,
+                     tests[n][s], loss__alpha=i) for i, n in enumerate(tests) for s in range(3)]
+    p_a = 2 * (1 - (0.5 + 5 / (2 * math.sqrt(27))))  # t = 5 on 2 df, as above
+    p_b = 2 * (1 - (0.5 + 2 * math.sqrt(3) / (2 * math.sqrt(12 + 2))))  # t = -2 sqrt(3)
+    assert p_a < p_b < 2 * p_a  # so Holm gives a 2 p_a, and b max(1 x p_b, 2 p_a) = 2 p_a
+    assert main(["report", *map(str, runs), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["family"] == {"correction": "holm", "val": 2, "test": 2}
+    a, b = report["paired"]
+    assert (a["test"]["p"], b["test"]["p"]) == pytest.approx((p_a, p_b), rel=1e-9)
+    assert (a["test"]["p_holm"], b["test"]["p_holm"]) == pytest.approx((2 * p_a, 2 * p_a),
+                                                                       rel=1e-9)
+    assert main(["report", *map(str, runs)]) == 0
+    out = capsys.readouterr().out
+    assert "family of this table's 2 validation and, separately, 2 test comparisons" in out
+    assert f"| +1.67 | [0.23, 3.10] | {p_a:.3g} | {2 * p_a:.3g} |" in out
+
+
+def test_family_file_reports_its_comparisons_with_holm(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for s in range(3):
+        fake_run(runs, f"fp-seed{s}", s, 0.5, {"accuracy": (0.80, 0.81, 0.82)[s],
+                                               "loss": (0.50, 0.60, 0.70)[s]})
+        fake_run(runs, f"tna-seed{s}", s, 0.5, {"accuracy": (0.81, 0.83, 0.84)[s],
+                                                "loss": (0.40, 0.40, 0.60)[s]})
+    fake_run(runs, "fp-seed9", 9, 0.5, 0.9)  # not named by the globs below
+    family = tmp_path / "family.json"
+    family.write_text(json.dumps({"title": "Claims", "comparisons": [
+        {"comparison": "TNA - single", "metric": "test_acc",
+         "baseline": ["runs/fp-seed[0-2]"], "other": ["runs/tna-seed*"]},
+        {"comparison": "TNA - single, CE", "metric": "test_loss",
+         "baseline": ["runs/fp-seed0", "runs/fp-seed[12]"], "other": ["runs/tna-seed*"]}]}))
+    report = family_report(family)
+    acc, ce = report["comparisons"]
+    assert report["size"] == 2 and acc["seeds"] == ce["seeds"] == [0, 1, 2]
+    assert acc["mean"] == pytest.approx(5 / 3, rel=1e-9) and acc["unit"] == "points"
+    # CE differences -0.1, -0.2, -0.1: mean -0.4/3, std sqrt(1/300), t = -4 on 2 df
+    assert ce["mean"] == pytest.approx(-0.4 / 3, rel=1e-9) and ce["unit"] == "nats"
+    p_acc = 2 * (1 - (0.5 + 5 / (2 * math.sqrt(27))))
+    p_ce = 2 * (1 - (0.5 + 4 / (2 * math.sqrt(18))))
+    assert (acc["p"], ce["p"]) == pytest.approx((p_acc, p_ce), rel=1e-9)
+    assert p_acc < p_ce < 2 * p_acc  # Holm: 2 p_acc, then max(1 x p_ce, 2 p_acc) = 2 p_acc
+    assert (acc["p_holm"], ce["p_holm"]) == pytest.approx((2 * p_acc, 2 * p_acc), rel=1e-9)
+    assert main(["report", "--family", str(family)]) == 0
+    out = capsys.readouterr().out
+    assert "over the family of the 2 comparisons below" in out
+    assert (f"| TNA - single, CE | test cross-entropy of the base | 3 | -0.133 nats | "
+            f"[-0.277, +0.010] | {p_ce:.3g} | {2 * p_acc:.3g} |") in out
+    family.write_text(json.dumps({"comparisons": [{"comparison": "x", "metric": "test_acc",
+                                                   "baseline": ["runs/nope*"], "other": []}]}))
+    assert main(["report", "--family", str(family)]) == 2
+    assert "x: no run folder matches 'runs/nope*'" in capsys.readouterr().err
+    assert main(["report", "--family", str(family), str(runs / "fp-seed0")]) == 2
+    assert "one of the two" in capsys.readouterr().err
 
 
 def test_distilled_seeds_pool_across_their_teachers(tmp_path):

@@ -162,7 +162,7 @@ def test_written_files_follow_the_umask(tmp_path, umask):
 
     from twinsnn.checkpoint import save_checkpoint, save_model
     from twinsnn.config import ModelConfig
-    from twinsnn.data import cifar10_dvs
+    from twinsnn.data import cache
     from twinsnn.packed import export_packed
     from twinsnn.models import cifarnet, model_spec
 
@@ -173,8 +173,8 @@ def test_written_files_follow_the_umask(tmp_path, umask):
         save_checkpoint(tmp_path / "checkpoint.pt", {"members": [model.state_dict()]})
         save_model(tmp_path / "model.safetensors", model, meta)
         export_packed(model, tmp_path / "model.tnn", meta)
-        cifar10_dvs.write_cache(tmp_path / "cache.bin", {"recordings": 1},
-                                np.zeros((1, 2, 2, 4, 4), np.float16), np.zeros(1, np.int64))
+        cache.write(tmp_path / "cache.bin", {"recordings": 1},
+                    [np.zeros(1, np.int64), np.zeros((1, 2, 2, 4, 4), np.float16)])
         atomic_write(tmp_path / "run.json", lambda tmp: open(tmp, "w").write("{}\n"))
     finally:
         os.umask(old)

@@ -14,7 +14,7 @@ from twinsnn.cohort import build_cohort, set_capturable
 from twinsnn.config import load_config
 from twinsnn.data.transforms import Preprocess
 from twinsnn.graphs import WARMUP_STEPS
-from twinsnn.losses import strategy_from_config
+from twinsnn.strategies import from_config as strategy_from_config
 from twinsnn.run import checkpoint_state, restore
 from twinsnn.graphs import make_step
 from twinsnn.models import build_model

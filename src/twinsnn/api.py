@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ from torch.utils.data import DataLoader
 
 from .checkpoint import load_model, parse_spec
 from .cohort import build_cohort
-from .config import Config, from_flat, load_config, resolve_key, to_flat
+from .config import Config, from_flat, leaf_keys, load_config, resolve_key, to_flat
 from .data import build_data, tensor_datasets
 from .data.feeds import DatasetFeed, LoaderFeed, TensorFeed
 from .data.splits import Dataset
@@ -43,12 +44,13 @@ from .distributed import join, leave, synchronize_batchnorm
 from .errors import ConfigError, TwinsnnError
 from . import classify as images, evaluation, formats, inference
 from .graphs import make_step
-from .losses import logits_of, strategy_from_config
+from .losses import logits_of
 from .models import build_model, model_spec
 from .neurons import reset_states
 from .quant import Selector
 from .run import RunFolder, StopSignal
 from .runtime import configure, resolve_device
+from .strategies import Strategy, check_strategy, from_config, registered_name
 from .train import Training, train
 
 
@@ -130,6 +132,8 @@ def _parts(model, data, val, test, cfg: Config, device, classes, workers):
             evals["test"] = TensorFeed(splits.test, plain, device, _repeat(cfg))
         shape = (splits.num_classes, splits.in_channels, splits.image_size)
         data_meta = {"name": splits.name, "mean": list(splits.mean), "std": list(splits.std)}
+        if "classes" in splits.split:  # named by the data's own files (an image folder)
+            data_meta["classes"] = splits.split["classes"]
         split = splits.split
     else:
         train_feed = _user_feed(data, device, cfg, workers, "the training data")
@@ -143,7 +147,7 @@ def _parts(model, data, val, test, cfg: Config, device, classes, workers):
         if shape is None:
             if classes is None:
                 raise ConfigError("a built-in architecture on data of your own needs the "
-                                  "number of classes: fit(..., classes=K)")
+                                  "number of classes: fit(..., num_classes=K)")
             sample = _first_sample(train_feed)
             shape = (classes, sample.shape[-3], tuple(sample.shape[-2:]))
         factory = lambda: build_model(cfg.model, *shape)  # noqa: E731
@@ -156,10 +160,11 @@ def _parts(model, data, val, test, cfg: Config, device, classes, workers):
     return model, train_feed, evals, split, meta
 
 
-def _teacher(cfg: Config, factory, meta: dict, given: nn.Module | None) -> nn.Module | None:
-    """The frozen network KD learns from: ``given``, or ``loss.teacher`` loaded into a network
-    of the student's kind (built-in: checked to be the same architecture)."""
-    if given is not None or cfg.loss.strategy not in ("kd", "kd+ce") or not cfg.loss.teacher:
+def _teacher(cfg: Config, strategy: Strategy, factory, meta: dict,
+             given: nn.Module | None) -> nn.Module | None:
+    """The frozen network a strategy learns from: ``given``, or ``loss.teacher`` loaded into
+    a network of the student's kind (built-in: checked to be the same architecture)."""
+    if given is not None or not strategy.needs_teacher or not cfg.loss.teacher:
         return given
     builtin = "arch" in meta["model"]
     teacher, their = load_model(Path(cfg.loss.teacher), None if builtin else factory())
@@ -169,10 +174,60 @@ def _teacher(cfg: Config, factory, meta: dict, given: nn.Module | None) -> nn.Mo
     return teacher
 
 
+RENAMED = {"classes": "num_classes", "workers": "num_workers"}  # fit's old keywords, for a release
+
+
+def _renamed(settings: dict, given: dict) -> dict:
+    """``given`` (``{new keyword: value}``) with the values ``settings`` holds under the old
+    keywords (``RENAMED``) moved there, each with a ``DeprecationWarning``."""
+    for old, new in RENAMED.items():
+        if old in settings:
+            warnings.warn(f"twinsnn.fit({old}=...) is spelled {new}= now; {old}= goes in the "
+                          "next release", DeprecationWarning, stacklevel=3)
+            if given[new] is not None:
+                raise ConfigError(f"fit got both {old}= and {new}=; pass {new}= alone")
+            given[new] = settings.pop(old)
+    return given
+
+
+def _strategy(cfg: Config, strategy: Strategy | str | None,
+              settings: dict) -> tuple[Config, Strategy]:
+    """The config and the strategy a run trains with: ``strategy`` (or ``loss.strategy``)
+    by name, built from the ``loss.*`` keys; or an object, as it is, whose class, when
+    registered, is written into the config with the settings that are ``loss.*`` keys."""
+    if strategy is None or isinstance(strategy, str):
+        if strategy is not None:
+            cfg = from_flat({**to_flat(cfg), "loss.strategy": strategy})
+        return cfg, from_config(cfg.loss)
+    strategy = check_strategy(strategy)
+    given = sorted(k for k in map(resolve_key, settings) if k.startswith("loss.")
+                   and k != "loss.teacher")
+    if given:
+        raise ConfigError(f"{', '.join(given)}: with strategy= an object, its settings go to "
+                          f"its constructor ({type(strategy).__name__}(...)), not to fit")
+    name = registered_name(strategy)
+    if name is not None:
+        keys = {f"loss.{k}": v for k, v in strategy.settings().items()
+                if f"loss.{k}" in leaf_keys()}
+        cfg = from_flat({**to_flat(cfg), "loss.strategy": name, **keys})
+    return cfg, strategy
+
+
+def _described(strategy: Strategy) -> dict:
+    """The strategy as ``run.json`` records it: its class and settings (JSON values; any
+    other as its ``repr``)."""
+    kind = type(strategy)
+    plain = (bool, int, float, str, type(None))
+    return {"class": f"{kind.__module__}.{kind.__qualname__}",
+            "settings": {k: v if isinstance(v, plain) else repr(v)
+                         for k, v in strategy.settings().items()}}
+
+
 def fit(model: Callable[[], nn.Module] | str | None = None, data=None, *, val=None, test=None,
-        config: Config | str | dict | None = None, layers: Selector = None,
-        teacher: nn.Module | None = None, reset: Callable[[nn.Module], None] = reset_states,
-        classes: int | None = None, workers: int = 0, resume: bool = False,
+        config: Config | str | dict | None = None, strategy: Strategy | str | None = None,
+        layers: Selector = None, teacher: nn.Module | None = None,
+        reset: Callable[[nn.Module], None] = reset_states, num_classes: int | None = None,
+        num_workers: int | None = None, resume: bool = False,
         branch_from: Path | str | None = None, progress: bool = True,
         on_epoch_end: Callable[[dict], bool | None] | None = None, **settings) -> Run:
     """Train as the config says (module docstring) and return the ``Run``.
@@ -181,12 +236,17 @@ def fit(model: Callable[[], nn.Module] | str | None = None, data=None, *, val=No
     config's ``model.arch``). ``data``: a map-style ``Dataset`` or ``DataLoader`` of
     ``(x, y)``, with ``val`` and ``test`` alike (test is evaluated only with
     ``eval_test=True``), or a built-in data set's name (default: the config's ``data.name``;
-    it brings its validation and test splits). ``layers``: which layers compression takes
+    it brings its validation and test splits). ``strategy``: a name of
+    ``strategies.STRATEGIES`` (default: ``loss.strategy``; its settings are the ``loss.*``
+    keys) or a ``strategies.Strategy`` object, of a class of one's own too (its settings are
+    its own). ``layers``: which layers compression takes
     (``quant.select_layers``: names, patterns, types or a predicate; default all conv and
     linear layers but the first and the last). ``teacher``: the frozen network of ``kd`` and
     ``kd+ce`` (default: ``loss.teacher`` loaded). ``reset``: clears a network's state before
-    each batch. ``classes``: the class count, for a built-in architecture on data of your
-    own. ``workers``: DataLoader processes for a ``Dataset``. ``resume``: continue the run in
+    each batch. ``num_classes``: the class count, for a built-in architecture on data of
+    your own. ``num_workers``: DataLoader processes for a ``Dataset`` (default 0; the old
+    spellings ``classes=`` and ``workers=`` work until the next release, with a
+    ``DeprecationWarning``). ``resume``: continue the run in
     its folder; ``branch_from``: start from another run's end-of-epoch checkpoint
     (``run.check_branch``). ``on_epoch_end(record)``: called with each epoch's metrics once
     they are saved; a true return stops the run (``resume=True`` continues it).
@@ -195,7 +255,9 @@ def fit(model: Callable[[], nn.Module] | str | None = None, data=None, *, val=No
     called in the main thread; under ``torchrun`` it trains data-parallel, rank 0 writing.
     Bad input raises ``TwinsnnError`` with a one-line message.
     """
-    cfg = make_config(config, **settings)
+    renamed = _renamed(settings, {"num_classes": num_classes, "num_workers": num_workers})
+    classes, workers = renamed["num_classes"], renamed["num_workers"] or 0
+    cfg, strategy = _strategy(make_config(config, **settings), strategy, settings)
     if isinstance(model, str):
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, arch=model))
     if isinstance(data, str):
@@ -207,11 +269,11 @@ def fit(model: Callable[[], nn.Module] | str | None = None, data=None, *, val=No
         source = world.agree(run.check, resume, branch_from)
         device, deterministic = configure(cfg.train)
         device = world.device(device)
-        strategy = strategy_from_config(cfg.loss)
         factory, train_feed, evals, split, meta = _parts(model, data, val, test, cfg, device,
                                                          classes, workers)
         cohort = build_cohort(cfg, factory, strategy, device,
-                              _teacher(cfg, factory, meta, teacher), meta, reset, layers)
+                              _teacher(cfg, strategy, factory, meta, teacher), meta, reset,
+                              layers)
         if "class" in meta["model"]:  # a network of the user's own
             kind = type(cohort.members[0])
             meta["model"]["class"] = f"{kind.__module__}.{kind.__qualname__}"
@@ -225,8 +287,9 @@ def fit(model: Callable[[], nn.Module] | str | None = None, data=None, *, val=No
         # cleanly at any moment
         with t.stop:
             state = run.resume(cohort) if resume else None
-            first = state["epoch"] if resume else run.start(cohort, split, deterministic,
-                                                            source, world.size)
+            first = state["epoch"] if resume else run.start(
+                cohort, split, deterministic, source, world.size,
+                {"strategy": _described(strategy)})
             if world.active and cfg.train.sync_batchnorm:
                 synchronize_batchnorm(cohort.members, device)
             record, complete = train(t, first, state, on_epoch_end)

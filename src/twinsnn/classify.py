@@ -74,7 +74,7 @@ def classify(model: nn.Module, meta: dict, paths: list[Path]) -> list[dict]:
         raise CheckpointError("the network's file does not say what images it takes (input "
                               "channels, size, normalization): predict needs a built-in one")
     try:
-        names = tuple(getattr(dataset_module(data.get("name")), "CLASSES", ()))
+        names = tuple(data.get("classes") or dataset_module(data.get("name")).CLASSES)
     except ConfigError:
         names = ()
     x = torch.stack([read_image(Path(p), spec["in_channels"], spec["image_size"],

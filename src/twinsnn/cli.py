@@ -190,11 +190,19 @@ def cmd_plot(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import format_summary, load_run, paired_rows, summarize
+    from .report import (family_report, family_sizes, format_family, format_summary,
+                         load_run, paired_rows, summarize)
+    if bool(args.runs) == bool(args.family):
+        raise TwinsnnError("give run folders or --family FILE (one of the two)")
+    if args.family:
+        report = family_report(Path(args.family))
+        print(json.dumps(report, indent=2) if args.json else format_family(report))
+        return 0
     rows = summarize([load_run(Path(r)) for r in args.runs])
     paired = paired_rows(rows, args.baseline)
     if args.json:
-        print(json.dumps({"configs": rows, "paired": paired}, indent=2))
+        print(json.dumps({"configs": rows, "paired": paired, "family": {
+            "correction": "holm", **family_sizes(paired)}}, indent=2))
     else:
         print(format_summary(rows, paired))
     return 0
@@ -355,15 +363,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "report", "final accuracy of runs over seeds, and paired differences",
                  "Final accuracy of runs, seeds pooled per config (mean, std, 95% CI), and "
                  "every config against a baseline paired by seed (mean difference, 95% CI, "
-                 "paired t-test).",
+                 "paired t-test, and its p-value adjusted by Holm's method over the "
+                 "comparisons printed). With --family, the comparisons a file lists instead, "
+                 "Holm-adjusted over all of them.",
                  "  twinsnn report runs/single-seed* runs/tna-seed*\n"
-                 "  twinsnn report runs/* --baseline 'strategy=single' --json", cmd_report)
-    p.add_argument("runs", nargs="+", help="run folders (each config's seeds pooled)")
+                 "  twinsnn report runs/* --baseline 'strategy=single' --json\n"
+                 "  twinsnn report --family docs/runs/claims/family.json", cmd_report)
+    p.add_argument("runs", nargs="*", help="run folders (each config's seeds pooled)")
     p.add_argument("--baseline", metavar="CONFIG",
                    help="the config the others are compared with, paired by seed, as the "
                         "table labels it (default: the config of the first run folder)")
     p.add_argument("--json", action="store_true",
                    help="print the per-config rows and the paired rows as JSON")
+    p.add_argument("--family", metavar="FILE",
+                   help="a JSON file of comparisons (run folders of a baseline and of another "
+                        "arm, a metric: val_acc, test_acc or test_loss), reported paired by "
+                        "seed with Holm's correction over the file's comparisons")
 
     p = _command(sub, "config", "config utilities (show)",
                  "Config utilities. `twinsnn config show` prints the resolved config (a "

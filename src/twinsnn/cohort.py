@@ -12,9 +12,9 @@ from torch import nn
 
 from .config import Config
 from .errors import ConfigError, TwinsnnError
-from .losses import Strategy
 from .neurons import reset_states
 from .runtime import autocast, place
+from .strategies import Strategy
 
 
 def derive_seed(*parts: int) -> int:
@@ -95,14 +95,14 @@ def set_capturable(optimizer: torch.optim.Optimizer, capturable: bool) -> None:
 def build_cohort(cfg: Config, factory: Callable[[], nn.Module], strategy: Strategy, device,
                  teacher: nn.Module | None = None, meta: dict | None = None,
                  reset: Callable[[nn.Module], None] = reset_states, layers=None) -> Cohort:
-    """``strategy.trainable`` networks made by ``factory``, each after seeding torch with its
+    """``strategy.members`` networks made by ``factory``, each after seeding torch with its
     member seed, placed on ``device`` as ``cfg.train`` says; the frozen ``teacher`` the
     strategy needs (placed alike); ``layers``: which of the base's layers are compressed (by
     default ``quant.layers``, see ``quant.select_layers``)."""
-    if strategy.uses_teacher and teacher is None:
-        raise ConfigError(f"loss.strategy={strategy.name} needs a teacher: --teacher PATH "
-                          "(loss.teacher), or teacher= in twinsnn.fit")
-    seeds = [member_seed(cfg.train.seed, i) for i in range(strategy.trainable)]
+    if strategy.needs_teacher and teacher is None:
+        raise ConfigError(f"the strategy {type(strategy).__name__} needs a teacher: --teacher "
+                          "PATH (loss.teacher), or teacher= in twinsnn.fit")
+    seeds = [member_seed(cfg.train.seed, i) for i in range(strategy.members)]
     members = []
     for seed in seeds:
         torch.manual_seed(seed)
@@ -113,7 +113,7 @@ def build_cohort(cfg: Config, factory: Callable[[], nn.Module], strategy: Strate
         members.append(place(model, cfg.train, device))
     if teacher is not None:
         teacher = place(teacher, cfg.train, device).requires_grad_(False).eval()
-    return Cohort(members, *optimization(members, cfg.train), teacher if strategy.uses_teacher
+    return Cohort(members, *optimization(members, cfg.train), teacher if strategy.needs_teacher
                   else None, cfg.train.precision, seeds, meta or {}, reset=reset, layers=layers)
 
 

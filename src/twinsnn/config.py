@@ -22,17 +22,20 @@ import yaml
 from .data import DATASETS
 from .data.feeds import ENCODINGS
 from .errors import ConfigError
-from .losses import MATCHES, REDUCTIONS, STRATEGIES
+from .losses import MATCHES, REDUCTIONS
 from .models import FC_NORMS, MODELS
 from .neurons import NEURONS, SURROGATES
 from .quant import DELTA_PER, DELTA_RULES, MODES, SCALES, check_threshold_rule
 from .runtime import DEVICES, PRECISIONS
+from .strategies import STRATEGIES
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = "fashion-mnist"  # fashion-mnist | cifar10 | cifar100 | cifar10-dvs
-    dir: typing.Optional[str] = None  # data folder; else $TWINSNN_DATA, else system locations
+    name: str = "fashion-mnist"  # fashion-mnist | cifar10 | cifar100 | cifar10-dvs |
+    #   image-folder (<split>/<class>/<image>, a folder or an archive) | cifar10-jpeg
+    dir: typing.Optional[str] = None  # data folder (or archive); else $TWINSNN_DATA, else
+    #   system locations
     download: bool = False  # fetch from the official source when not found locally
     val_size: int = 5000  # samples carved out of the training set for model selection
     val_seed: int = 0  # seed of that split (fixed, so every run validates on the same set)
@@ -43,7 +46,8 @@ class DataConfig:
     augment: bool = True  # paper 5.1.1 augmentation on training batches
     resolution: int = 48  # event data: frames are resized to resolution x resolution
     split_seed: int = 0  # event data: seed of the per-class 9:1 train/test split
-    cache_dir: typing.Optional[str] = None  # event data: where framed samples are cached
+    cache_dir: typing.Optional[str] = None  # where decoded samples are cached (event frames,
+    #   image folders); default <data folder>/cache, else ~/.cache/twinsnn
 
 
 @dataclass(frozen=True)
@@ -88,13 +92,15 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    strategy: str = "single"  # single | tna | kd | kd+ce
-    members: int = 2  # networks trained together by tna (2 = base + twin)
-    alpha: float = 1e-4  # weight of the logit matching term, eq. 5
+    strategy: str = "single"  # strategies.STRATEGIES: single | tna | kd | kd+ce | dml
+    members: int = 2  # networks trained together by tna and dml (2 = base + twin)
+    alpha: float = 1e-4  # weight of the matching term: eq. 5's squared logit differences
+    #   (tna, kd, kd+ce) or dml's KL term (the DML paper's weight: 1)
     alpha_compressed: typing.Optional[float] = None  # alpha from quant.start_epoch on (None: alpha)
     reduction: str = "sum"  # sum | batchmean | mean, of the squared logit differences
     match: str = "logits"  # logits (summed over T) | potentials (per timestep)
     teacher: typing.Optional[str] = None  # kd, kd+ce: checkpoint of the frozen teacher
+    temperature: float = 1.0  # dml: softmax temperature of the KL term (the paper's: 1)
 
 
 @dataclass(frozen=True)
@@ -129,14 +135,15 @@ def choices() -> dict[str, tuple[str, ...]]:
             "model.encoding": ENCODINGS,
             "model.surrogate": tuple(SURROGATES), "train.lr_step_unit": ("epoch", "batch"),
             "train.device": DEVICES, "train.precision": PRECISIONS,
-            "loss.strategy": STRATEGIES, "loss.reduction": REDUCTIONS, "loss.match": MATCHES,
+            "loss.strategy": tuple(STRATEGIES), "loss.reduction": REDUCTIONS, "loss.match": MATCHES,
             "quant.mode": ("none", *MODES), "quant.scale": SCALES,
             "quant.delta_rule": DELTA_RULES, "quant.delta_per": DELTA_PER}
 
 
 POSITIVE = ("model.width", "model.timesteps", "model.threshold", "train.epochs",
             "train.batch_size", "train.eval_batch_size", "train.lr", "train.lr_gamma",
-            "train.lr_step_size", "train.val_every", "loss.members", "data.resolution")
+            "train.lr_step_size", "train.val_every", "loss.members", "loss.temperature",
+            "data.resolution")
 UNIT_INTERVAL = ("model.decay", "model.readout_decay")  # [0, 1]
 NON_NEGATIVE = ("loss.alpha", "loss.alpha_compressed", "quant.delta", "quant.start_epoch",
                 "data.val_size")

@@ -1,8 +1,9 @@
-"""Training strategies as loss functions over a list of member outputs.
+"""The loss math of the training strategies (``strategies``), as pure functions over a list
+of member outputs.
 
-Every strategy maps ``outputs`` (one tensor per network, base first) and the labels to
-``(total, parts)``: ``total`` is the scalar to backpropagate, ``parts`` the named terms for
-logging. An output is either logits ``[B, classes]`` or output potentials ``[T, B, classes]``;
+Each maps ``outputs`` (one tensor per network, base first) and the labels to ``(total,
+parts)``: ``total`` is the scalar to backpropagate, ``parts`` the named terms for logging. An
+output is either logits ``[B, classes]`` or output potentials ``[T, B, classes]``;
 cross-entropy is always on the logits (potentials summed over T), the matching term on
 whatever was passed (per-timestep potentials match each timestep).
 
@@ -11,6 +12,8 @@ TNA (paper eq. 5), for k members:
 KD (paper 5.3.3), with a frozen teacher as the last output:
     kd:    L = alpha * MSE(o_student, o_teacher)
     kd+ce: L = CE(o_student) + alpha * MSE(o_student, o_teacher)
+DML (Zhang et al., CVPR 2018, its loss for k networks), ``p_i = softmax(o_i / tau)``:
+    L = sum_i [CE(o_i) + alpha * tau^2 / (k - 1) * sum_{j != i} KL(p_j || p_i)]
 
 A data-parallel rank holding a slice of the batch passes its ``share`` (slice size / batch
 size): batch means (CE, ``batchmean``, ``mean``) are weighted by it, sums stay as they are,
@@ -21,7 +24,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-STRATEGIES = ("single", "tna", "kd", "kd+ce")
 REDUCTIONS = ("sum", "batchmean", "mean")
 MATCHES = ("logits", "potentials")  # what the matching term compares
 
@@ -49,7 +51,7 @@ def squared_error(a: torch.Tensor, b: torch.Tensor, reduction: str = "sum") -> t
     raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
 
-def _shared(value: torch.Tensor, share: float | None, mean: bool = True) -> torch.Tensor:
+def shared(value: torch.Tensor, share: float | None, mean: bool = True) -> torch.Tensor:
     """A batch mean (``mean``) as a part of the whole batch's: times ``share``, if given."""
     return value * share if share is not None and mean else value
 
@@ -61,10 +63,10 @@ def cohort_loss(logits: list[torch.Tensor], target: torch.Tensor, alpha: float,
     parts = {}
     total = 0.0
     for i, out in enumerate(logits):
-        parts[f"ce/{i}"] = _shared(F.cross_entropy(logits_of(out), target), share)
+        parts[f"ce/{i}"] = shared(F.cross_entropy(logits_of(out), target), share)
         total = total + parts[f"ce/{i}"]
     if len(logits) > 1:
-        match = _shared(sum(squared_error(logits[0], out, reduction) for out in logits[1:]),
+        match = shared(sum(squared_error(logits[0], out, reduction) for out in logits[1:]),
                         share, reduction != "sum")
         parts["match"] = match
         parts["match_weighted"] = alpha * match
@@ -77,43 +79,35 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Ten
                  share: float | None = None):
     """KD baselines: ``alpha * MSE(student, teacher)`` (+ ``CE(student)`` with ``with_ce``).
     The teacher output is detached: the teacher never learns."""
-    match = _shared(squared_error(student, teacher.detach(), reduction), share, reduction != "sum")
+    match = shared(squared_error(student, teacher.detach(), reduction), share, reduction != "sum")
     parts = {"match": match, "match_weighted": alpha * match}
     total = alpha * match
     if with_ce:
-        parts["ce/0"] = _shared(F.cross_entropy(logits_of(student), target), share)
+        parts["ce/0"] = shared(F.cross_entropy(logits_of(student), target), share)
         total = total + parts["ce/0"]
     return total, parts
 
 
-class Strategy:
-    """Binds a strategy's constants; ``trainable`` networks are trained, a ``teacher``
-    (KD only) is run frozen and its output appended last. ``alpha`` may change between
-    epochs (``alpha_at``); each call reads it."""
-
-    def __init__(self, name: str, alpha: float, reduction: str, match: str, members: int):
-        self.name, self.alpha, self.reduction, self.match = name, alpha, reduction, match
-        self.trainable = members if name == "tna" else 1
-        self.uses_teacher = name in ("kd", "kd+ce")
-
-    def __call__(self, outputs: list[torch.Tensor], target: torch.Tensor,
-                 share: float | None = None):
-        if self.match == "logits":
-            outputs = [logits_of(o) for o in outputs]
-        if self.uses_teacher:
-            return distill_loss(outputs[0], outputs[1], target, self.alpha, self.reduction,
-                                self.name == "kd+ce", share)
-        return cohort_loss(outputs, target, self.alpha, self.reduction, share)
-
-
-def alpha_at(loss_cfg, compressed: bool) -> float:
-    """The matching weight of an epoch: ``loss.alpha_compressed`` while the base is compressed
-    (when set: 0 before the switch is late matching), else ``loss.alpha``."""
-    if compressed and loss_cfg.alpha_compressed is not None:
-        return loss_cfg.alpha_compressed
-    return loss_cfg.alpha
-
-
-def strategy_from_config(loss_cfg) -> Strategy:
-    return Strategy(loss_cfg.strategy, loss_cfg.alpha, loss_cfg.reduction, loss_cfg.match,
-                    loss_cfg.members)
+def mutual_loss(logits: list[torch.Tensor], target: torch.Tensor, alpha: float,
+                temperature: float = 1.0, share: float | None = None) -> tuple[torch.Tensor, dict]:
+    """Deep mutual learning (Zhang et al., CVPR 2018) for k members ``logits`` ``[B, K]``:
+    ``sum_i CE(o_i) + alpha * tau^2 * match`` with ``match = sum_i 1/(k-1) sum_{j != i}
+    KL(p_j || p_i)``, ``p = softmax(o / tau)``, each KL summed over the classes and averaged
+    over the batch (as CE is). In member i's term ``p_j`` is a constant: member i's
+    gradient is that of its own loss alone, the paper's update with the others' current
+    predictions. ``tau^2`` keeps the gradients' size across temperatures (Hinton et al.)."""
+    parts = {}
+    total = 0.0
+    for i, out in enumerate(logits):
+        parts[f"ce/{i}"] = shared(F.cross_entropy(out, target), share)
+        total = total + parts[f"ce/{i}"]
+    k = len(logits)
+    if k > 1:
+        log_p = [F.log_softmax(out / temperature, dim=-1) for out in logits]
+        match = sum(F.kl_div(log_p[i], log_p[j].detach(), reduction="batchmean",
+                             log_target=True)
+                    for i in range(k) for j in range(k) if j != i) / (k - 1)
+        parts["match"] = shared(match, share)
+        parts["match_weighted"] = alpha * temperature ** 2 * parts["match"]
+        total = total + parts["match_weighted"]
+    return total, parts

@@ -101,6 +101,20 @@ def paired_difference(baseline: dict, other: dict, level: float = 0.95) -> dict:
     return out
 
 
+def holm(pvalues: list[float | None]) -> list[float | None]:
+    """Holm's step-down adjustment of a family of p-values (``None`` entries are not in the
+    family and stay ``None``). With the m p-values sorted, p_(1) <= ... <= p_(m), the
+    adjusted value of p_(i) is ``min(1, max_{j <= i} (m - j + 1) p_(j))``: rejecting where it
+    is below a level keeps the chance of any false rejection in the family below that level."""
+    family = sorted((p, i) for i, p in enumerate(pvalues) if p is not None)
+    adjusted: list[float | None] = [None] * len(pvalues)
+    running = 0.0
+    for rank, (p, i) in enumerate(family):
+        running = max(running, (len(family) - rank) * p)
+        adjusted[i] = min(1.0, running)
+    return adjusted
+
+
 def _group_key(run: dict, by_seed: str) -> str:
     """What makes runs the same config: everything but the seed, the values that go with it
     and where the runs were written."""
@@ -154,7 +168,7 @@ def best_first(rows: list[dict]) -> list[dict]:
 def paired_rows(rows: list[dict], baseline: str | None = None) -> list[dict]:
     """Every row against ``baseline`` (a row's config label or name; default the first row),
     paired by seed: ``{"config", "name", "baseline", "<split>": paired_difference}`` for val
-    and test."""
+    and test, each with ``p_holm``: ``holm`` over that split's comparisons of these rows."""
     if not rows:
         return []
     base = rows[0] if baseline is None else next(
@@ -172,7 +186,97 @@ def paired_rows(rows: list[dict], baseline: str | None = None) -> list[dict]:
                 entry[split] = paired_difference(base[f"{split}_by_seed"],
                                                  row[f"{split}_by_seed"])
         out.append(entry)
+    for split in ("val", "test"):
+        diffs = [e[split] for e in out if e.get(split, {}).get("n")]
+        for d, p in zip(diffs, holm([d["p"] for d in diffs])):
+            d["p_holm"] = p
     return out
+
+
+def family_sizes(paired: list[dict]) -> dict:
+    """How many p-values each split's Holm family of ``paired_rows`` holds."""
+    return {split: sum(e.get(split, {}).get("p") is not None for e in paired)
+            for split in ("val", "test")}
+
+
+METRICS = {  # name: (what it is, unit, scale to that unit, its value in a loaded run)
+    "val_acc": ("validation accuracy of the base", "points", 100.0,
+                lambda run: final_accuracy(run, "val")),
+    "test_acc": ("test accuracy of the base", "points", 100.0,
+                 lambda run: final_accuracy(run, "test")),
+    "test_loss": ("test cross-entropy of the base", "nats", 1.0,
+                  lambda run: run["test"].get("loss")),
+}
+
+
+def _family_side(folder: Path, patterns: list[str], metric: str, where: str) -> dict:
+    """``{seed: value}`` of ``metric`` over the run folders that ``patterns`` (globs relative
+    to ``folder``) name."""
+    values = {}
+    for pattern in patterns:
+        dirs = sorted(folder.glob(pattern))
+        if not dirs:
+            raise TwinsnnError(f"{where}: no run folder matches {pattern!r} in {folder}")
+        for run in map(load_run, dirs):
+            seed, value = run["config"].get("train.seed"), METRICS[metric][3](run)
+            if value is None:
+                raise TwinsnnError(f"{where}: {run['dir']} has no {METRICS[metric][0]}")
+            if seed in values:
+                raise TwinsnnError(f"{where}: two runs of seed {seed} on one side")
+            values[seed] = value
+    return values
+
+
+def family_report(path: Path) -> dict:
+    """The comparisons a family file lists, each paired by seed (``paired_difference`` in
+    its metric's unit), with ``p_holm``: ``holm`` over every p-value of the file. The file
+    (JSON): ``{"title": ..., "comparisons": [{"comparison": name, "metric": one of
+    METRICS, "baseline": [glob, ...], "other": [glob, ...]}, ...]}``, globs of run folders
+    relative to the file."""
+    path = Path(path)
+    try:
+        spec = json.loads(path.read_text())
+        entries = [(c["comparison"], c["metric"], c["baseline"], c["other"])
+                   for c in spec["comparisons"]]
+    except FileNotFoundError:
+        raise TwinsnnError(f"no family file {path}") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise TwinsnnError(f"{path}: not a family file ({type(e).__name__}: {e}); it lists "
+                           "comparisons, each with comparison, metric, baseline and other"
+                           ) from None
+    out = []
+    for name, metric, baseline, other in entries:
+        if metric not in METRICS:
+            raise TwinsnnError(f"{path}: {name}: metric {metric!r} is not one of "
+                               + ", ".join(METRICS))
+        what, unit, scale, _ = METRICS[metric]
+        d = paired_difference(_family_side(path.parent, baseline, metric, name),
+                              _family_side(path.parent, other, metric, name))
+        d = {k: v * scale if k in ("mean", "std", "ci_low", "ci_high") and v is not None
+             else v for k, v in d.items()}
+        out.append({"comparison": name, "metric": metric, "unit": unit, **d})
+    for entry, p in zip(out, holm([e.get("p") for e in out])):
+        entry["p_holm"] = p
+    return {"title": spec.get("title", path.name), "file": str(path), "correction": "holm",
+            "size": sum(e.get("p") is not None for e in out), "comparisons": out}
+
+
+def format_family(report: dict) -> str:
+    """Markdown of ``family_report``: the family said first, then one row per comparison."""
+    lines = [f"## {report['title']}", "",
+             f"Holm's step-down correction over the family of the {report['size']} "
+             f"comparisons below (`{report['file']}`); each paired by seed, p from the "
+             "paired t-test, p (Holm) adjusted over the whole family.", "",
+             "| comparison | metric | pairs | diff | 95% CI | p | p (Holm) |",
+             "|---|---|---|---|---|---|---|"]
+    for e in report["comparisons"]:
+        digits = 2 if e["unit"] == "points" else 3
+        ci = ("-" if e.get("ci_low") is None
+              else f"[{e['ci_low']:+.{digits}f}, {e['ci_high']:+.{digits}f}]")
+        diff = "-" if not e["n"] else f"{e['mean']:+.{digits}f} {e['unit']}"
+        lines.append(f"| {e['comparison']} | {METRICS[e['metric']][0]} | {e['n']} | {diff} "
+                     f"| {ci} | {_p(e.get('p'))} | {_p(e.get('p_holm'))} |")
+    return "\n".join(lines)
 
 
 def _row_label(row: dict) -> str:
@@ -188,9 +292,14 @@ def _ci(stats: dict, prefix: str = "") -> str:
     return "-" if lo is None else f"[{_pct(lo)}, {_pct(hi)}]"
 
 
+def _p(p: float | None) -> str:
+    return "-" if p is None else f"{p:.3g}"
+
+
 def format_summary(rows: list[dict], paired: list[dict] = ()) -> str:
     """Markdown: accuracies per config (%, mean ± std, 95% CI of the mean), then each paired
-    difference (percentage points) with its 95% CI and p-value."""
+    difference (percentage points) with its 95% CI, its p-value and the p-value adjusted by
+    ``holm`` over the split's comparisons in the table (the family, said above it)."""
     lines = ["| config | n | val acc % (mean ± std) | val 95% CI | test acc % (mean ± std) "
              "| test 95% CI |", "|---|---|---|---|---|---|"]
     for r in rows:
@@ -203,19 +312,24 @@ def format_summary(rows: list[dict], paired: list[dict] = ()) -> str:
                 cells += ["-", "-"]
         lines.append(f"| {_row_label(r)} | {r['n']} | " + " | ".join(cells) + " |")
     if paired:
-        lines += ["", f"Paired by seed, against {paired[0]['baseline']} (percentage points):",
-                  "", "| config | pairs | val diff | val 95% CI | val p | test diff "
-                  "| test 95% CI | test p |", "|---|---|---|---|---|---|---|---|"]
+        sizes = family_sizes(paired)
+        lines += ["", f"Paired by seed, against {paired[0]['baseline']} (percentage points; "
+                  "p: paired t-test; p (Holm): adjusted by Holm's step-down method over the "
+                  f"family of this table's {sizes['val']} validation and, separately, "
+                  f"{sizes['test']} test comparisons):",
+                  "", "| config | pairs | val diff | val 95% CI | val p | val p (Holm) "
+                  "| test diff | test 95% CI | test p | test p (Holm) |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for entry in paired:
             cells, pairs = [], 0
             for split in ("val", "test"):
                 d = entry.get(split, {})
                 pairs = max(pairs, d.get("n", 0))
                 if d.get("n"):
-                    cells += [f"{100 * d['mean']:+.2f}", _ci(d),
-                              "-" if d["p"] is None else f"{d['p']:.3g}"]
+                    cells += [f"{100 * d['mean']:+.2f}", _ci(d), _p(d["p"]),
+                              _p(d.get("p_holm"))]
                 else:
-                    cells += ["-", "-", "-"]
+                    cells += ["-", "-", "-", "-"]
             lines.append(f"| {_row_label(entry)} | {pairs} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

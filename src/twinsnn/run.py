@@ -263,11 +263,12 @@ class RunFolder:
         self.lock.release()
 
     def start(self, cohort, split: dict, deterministic: bool, source: dict | None,
-              processes: int = 1) -> int:
-        """Write a new run's ``run.json`` and ``metrics.jsonl`` (the source's epochs when
-        branching, after restoring its state); returns the first epoch to train."""
+              processes: int = 1, notes: dict | None = None) -> int:
+        """Write a new run's ``run.json`` (with ``notes``: what the run was given or chose
+        beside its config) and ``metrics.jsonl`` (the source's epochs when branching, after
+        restoring its state); returns the first epoch to train."""
         device = next(cohort.members[0].parameters()).device
-        info = {"config": to_dict(self.cfg), "member_seeds": cohort.seeds,
+        info = {"config": to_dict(self.cfg), **(notes or {}), "member_seeds": cohort.seeds,
                 "data_split": split, "twinsnn_version": __version__,
                 "code": code_version(), "torch_version": torch.__version__,
                 "deterministic": deterministic, "processes": processes,

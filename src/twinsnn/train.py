@@ -26,8 +26,8 @@ from .distributed import World
 from .errors import ConfigError, Interrupted
 from .evaluation import evaluate
 from .files import first_line
-from .losses import Strategy, alpha_at
 from .run import RunFolder, StopSignal, checkpoint_state
+from .strategies import Strategy
 from .sums import accumulate, epoch_stats, new_sums, sum_over_ranks, to_device
 
 
@@ -43,7 +43,7 @@ def train_step(cohort: Cohort, strategy: Strategy, x: torch.Tensor, y: torch.Ten
     if not cohort.checked:
         check_outputs(outputs, y)
         cohort.checked = True
-    loss, parts = strategy(outputs, y, share)
+    loss, parts = strategy.loss(outputs, y, share)
     cohort.optimizer.zero_grad(set_to_none=True)
     cohort.backward(loss)
     try:
@@ -185,13 +185,13 @@ def summary_line(record: dict) -> str:
 
 def run_epoch(t: Training, epoch: int, state: dict | None = None) -> dict:
     """Epoch ``epoch`` of the paper's procedure: compression on from ``quant.start_epoch``
-    (with ``quant.lr_at_switch`` set there, and ``loss.alpha_compressed`` from there), a pass
+    (with ``quant.lr_at_switch`` set there, and the strategy told so), a pass
     over the training set, the schedule, validation (every ``train.val_every`` epochs and at
     the last), a metrics line and a checkpoint. Returns the metrics record."""
     cfg, cohort = t.cfg, t.cohort
     was_compressed = quant.is_compressed(cohort.members[0])
     compressed = quant.set_compression(cohort.members[0], cfg.quant, epoch, cohort.layers)
-    t.strategy.alpha = alpha_at(cfg.loss, compressed)
+    t.strategy.set_compressed(compressed)
     if t.world.active and (cohort.parallel is None or compressed != was_compressed):
         cohort.parallel = None  # the old wrapper's hooks go before the new one's are set
         cohort.parallel = t.world.parallel(cohort.members, cohort.device)

@@ -7,7 +7,9 @@
     check(cfg: DataConfig) -> (bool, str)       usable?, and where it looked, what it found,
                                                 how to get it
 
-and ``build_data`` adds the seeded validation split.
+and ``build_data`` adds the seeded validation split. A data set that learns its classes or
+statistics from its files (an image folder) returns them in the provenance, as ``classes``,
+``mean`` and ``std``; they take the place of the module's.
 """
 from __future__ import annotations
 
@@ -15,12 +17,13 @@ import torch
 from torch.utils.data import TensorDataset
 
 from ..errors import lookup
-from . import cifar, cifar10_dvs, fashion_mnist
+from . import cifar, cifar10_dvs, fashion_mnist, image_folder
 from .splits import DataSplits, Dataset, split_validation, stratified_subset
 from .transforms import Preprocess
 
 DATASETS = {"fashion-mnist": fashion_mnist, "cifar10": cifar.CIFAR10, "cifar100": cifar.CIFAR100,
-            "cifar10-dvs": cifar10_dvs}
+            "cifar10-dvs": cifar10_dvs, "image-folder": image_folder.IMAGE_FOLDER,
+            "cifar10-jpeg": image_folder.CIFAR10_JPEG}
 
 
 def dataset_module(name: str):
@@ -52,8 +55,11 @@ def build_data(cfg, timesteps: int) -> DataSplits:
     elif cfg.train_limit is not None and cfg.train_limit < len(train):
         train = train.subset(torch.arange(cfg.train_limit))
         split["train_size"] = cfg.train_limit
-    return DataSplits(cfg.name, train, val, test, source.NUM_CLASSES, source.MEAN, source.STD,
-                      source.AUGMENTATION, {**split, **provenance})
+    classes = len(provenance["classes"]) if "classes" in provenance else source.NUM_CLASSES
+    return DataSplits(cfg.name, train, val, test, classes,
+                      tuple(provenance.get("mean", source.MEAN)),
+                      tuple(provenance.get("std", source.STD)), source.AUGMENTATION,
+                      {**split, **provenance})
 
 
 __all__ = ["DATASETS", "DataSplits", "Dataset", "build_data", "dataset_module",

@@ -8,24 +8,21 @@ x = bits 8-14, y = bits 1-7, polarity = bit 0.
 Each recording becomes ``T`` frames of equal duration (tonic's ``ToFrame(n_time_bins=T)``; here
 the last frame also keeps the final event) with one channel per polarity, summed onto a
 ``resolution x resolution`` grid by binning coordinates. The data set has no official split:
-a seeded random 9:1 split is drawn within each class. Framed tensors are cached on disk.
+a seeded random 9:1 split is drawn within each class. Framed tensors are cached on disk
+(``data/cache.py``).
 """
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import re
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import store
-from ..files import atomic_write
-from ..errors import ConfigError, DataError, WriteError
-from .idx import read_at_most
+from . import cache, store
+from ..errors import ConfigError, DataError
+from .idx import read_file
 from .splits import Dataset
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -40,7 +37,7 @@ MAX_FILE_BYTES = 64 << 20  # recordings are a few MiB; anything far larger is re
 MAX_HEADER_BYTES = 1 << 20  # their comment header is a few hundred bytes
 MAX_COUNT = float(np.finfo(np.float16).max)  # counts saturate here rather than become inf
 SPLIT = "random-per-class-9:1"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the cache format of data/cache.py
 HOW_TO_GET = ("download the ten class archives from https://figshare.com/articles/dataset/"
               "CIFAR10-DVS_New/4724671, unzip them into one folder (one subfolder per class) "
               "and pass --data-dir (or set TWINSNN_DATA)")
@@ -48,13 +45,7 @@ HOW_TO_GET = ("download the ten class archives from https://figshare.com/article
 
 def read_aedat(path: Path) -> tuple[np.ndarray, ...]:
     """Events of one AEDAT 2.0 DVS128 file: ``x, y, p, t``, each ``[E]`` (t int64, in us)."""
-    try:
-        with open(path, "rb") as f:
-            raw = read_at_most(f, MAX_FILE_BYTES)
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e})") from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise DataError(f"{path}: larger than {MAX_FILE_BYTES} bytes; not a CIFAR10-DVS recording")
+    raw = read_file(path, MAX_FILE_BYTES, "a CIFAR10-DVS recording")
     if not raw.startswith(HEADER):
         raise DataError(f"{path}: not an AEDAT 2.0 file (does not start with {HEADER.decode()})")
     start = 0
@@ -142,58 +133,6 @@ def cache_key(root: Path, files: list[tuple[Path, int]], timesteps: int, resolut
             "recordings": len(files), "files_sha256": listing.hexdigest()}
 
 
-def cache_path(cache_dir: Path, key: dict) -> Path:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return cache_dir / f"cifar10-dvs-T{key['timesteps']}-R{key['resolution']}-{digest}.bin"
-
-
-def read_cache(path: Path, key: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Frames ``[N, T, 2, R, R]`` and labels ``[N]`` from a cache file, or None when it is
-    missing, written for another key, of the wrong size or fails its SHA-256."""
-    n, t, r = key["recordings"], key["timesteps"], key["resolution"]
-    y_bytes, x_bytes = n * 8, n * t * 2 * r * r * 2
-    try:
-        with open(path, "rb") as f:
-            header = json.loads(f.readline(4096))
-            if (not isinstance(header, dict) or header.get("key") != key
-                    or os.fstat(f.fileno()).st_size != f.tell() + y_bytes + x_bytes):
-                return None
-            payload = bytearray(y_bytes + x_bytes)
-            if f.readinto(payload) != len(payload):
-                return None
-    except (OSError, ValueError, RecursionError):
-        return None
-    if hashlib.sha256(payload).hexdigest() != header.get("sha256"):
-        return None
-    y = np.frombuffer(payload, dtype="<i8", count=n)
-    x = np.frombuffer(payload, dtype="<f2", offset=y_bytes).reshape(n, t, 2, r, r)
-    return torch.from_numpy(x), torch.from_numpy(y)
-
-
-def write_cache(path: Path, key: dict, x: np.ndarray, y: np.ndarray) -> None:
-    """Write atomically (``checkpoint.atomic_write``), so a crash leaves either no cache or a
-    whole one."""
-    parts = [memoryview(np.ascontiguousarray(a, dtype=d)).cast("B")
-             for a, d in ((y, "<i8"), (x, "<f2"))]
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(part)
-    header = json.dumps({"key": key, "sha256": digest.hexdigest()}).encode()
-
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            f.write(header + b"\n")
-            for part in parts:
-                f.write(part)
-
-    atomic_write(path, write)
-
-
-def default_cache_dir(root: Path) -> Path:
-    """``<data folder>/cache`` where the data folder is writable, else ``~/.cache/twinsnn``."""
-    return root / "cache" if os.access(root, os.W_OK) else Path.home() / ".cache" / "twinsnn"
-
-
 def load(cfg, timesteps: int):
     """Train and test sets as ``Dataset`` of float16 event counts ``[N, T, 2, R, R]``
     (T = ``timesteps``, R = ``cfg.resolution``) and int64 labels, split 9:1 within each class
@@ -208,20 +147,18 @@ def load(cfg, timesteps: int):
                         f"{why}{HOW_TO_GET}")
     files = recordings(root)
     key = cache_key(root, files, timesteps, cfg.resolution)
-    path = cache_path(Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(root), key)
-    cached = read_cache(path, key)
+    path = cache.cache_file(Path(cfg.cache_dir) if cfg.cache_dir else cache.default_dir(root),
+                            f"cifar10-dvs-T{timesteps}-R{cfg.resolution}", key)
+    cached = cache.read(path, key)
     if cached is None:
         x = np.empty((len(files), timesteps, 2, cfg.resolution, cfg.resolution), dtype=np.float16)
         for i, (file, _) in enumerate(files):
             x[i] = frame_events(*read_aedat(file), timesteps, cfg.resolution)
         y = np.array([label for _, label in files], dtype=np.int64)
-        try:
-            write_cache(path, key, x, y)
-        except WriteError as e:
-            warnings.warn(f"could not write the CIFAR10-DVS cache ({e}); "
-                          "the next run frames the recordings again", stacklevel=2)
-        cached = torch.from_numpy(x), torch.from_numpy(y)
-    x, y = cached
+        cache.write_or_warn(path, key, [y, x], None, "CIFAR10-DVS")
+    else:
+        (y, x), _ = cached
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
     train_index, test_index = split_per_class(y, cfg.split_seed)
     provenance = {"data_folder": str(root), "split": SPLIT, "split_seed": cfg.split_seed,
                   "framing": "equal-time-bins", "resolution": cfg.resolution,

@@ -27,6 +27,19 @@ def read_at_most(f, limit: int) -> bytes:
     return bytes(raw)
 
 
+def read_file(path: Path, limit: int, kind: str) -> bytes:
+    """The bytes of the file at ``path``; ``DataError`` naming it when it cannot be read or
+    holds more than ``limit`` bytes (then it is not ``kind``), read no further than that."""
+    try:
+        with open(path, "rb") as f:
+            raw = read_at_most(f, limit)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    if len(raw) > limit:
+        raise DataError(f"{path}: larger than {limit} bytes; not {kind}")
+    return raw
+
+
 def read_idx_gz(path: Path, sha256: str | None = None) -> torch.Tensor:
     """Decompress and parse one ``.gz`` IDX file into a uint8 tensor of its declared shape.
 

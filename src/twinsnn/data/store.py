@@ -3,7 +3,8 @@ for every data set.
 
 The files are looked for in ``--data-dir`` (``data.dir``) if given, else in ``$TWINSNN_DATA``
 if set, else in the data set's system folders (Debian's packages); in that folder itself or
-in one of its direct subfolders, the first (in sorted order) that holds them all.
+in one of its direct subfolders, the first (in sorted order) that holds them all; or, for a
+data set kept in one file (an archive), that file itself.
 """
 from __future__ import annotations
 
@@ -28,8 +29,13 @@ def _search_dirs(data_dir: str | Path | None, system: tuple[Path, ...]) -> list[
 def locate(data_dir: str | Path | None, holds: Callable[[Path], Path | None],
            system: tuple[Path, ...] = ()) -> Path | None:
     """The first ``holds(folder)`` that is not None, for each searched folder and then each of
-    its direct subfolders; None when no folder holds the data."""
+    its direct subfolders (or ``holds(file)`` where a file was named); None when nothing
+    holds the data."""
     for d in _search_dirs(data_dir, system):
+        if d.is_file():
+            found = holds(d)
+            if found is not None:
+                return found
         if not d.is_dir():
             continue
         for folder in [d, *sorted(p for p in d.iterdir() if p.is_dir())]:
