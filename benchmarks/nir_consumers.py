@@ -2,6 +2,7 @@
 Norse, each as a user calls its importer, against twinsnn's own predictions on the test set.
 
     python -m benchmarks.nir_consumers RUN/model.tnn [...] [--samples 10000] [--out FOLDER]
+    python -m benchmarks.nir_consumers --table FOLDER     # the records as a Markdown table
 
 For every network file named (a run's ``checkpoint.pt``, ``model.safetensors`` or ``.tnn``):
 its portable graph (``twinsnn export --format nir-portable``), imported by each consumer and
@@ -202,14 +203,42 @@ def machine() -> dict:
                                      capture_output=True, text=True).stdout.strip()}
 
 
+def table(folder: Path) -> str:
+    """The records in ``folder`` as Markdown rows: consumer, version, architecture,
+    precision, predictions differing of the images, largest logit difference, seconds,
+    workarounds."""
+    order = {name: i for i, name in enumerate(["twinsnn", *CONSUMERS])}
+    labels = {WORKAROUNDS["flatten"]: "Flatten(1) for Flatten(0)",
+              WORKAROUNDS["order"]: "nodes in topological order"}
+    records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    records.sort(key=lambda r: (r["arch"], r["precision"], order.get(r["consumer"], 9)))
+    rows = ["| consumer | version | architecture | precision | predictions differing | "
+            "largest logit difference | seconds | workarounds |", "|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        if not r["runs"]:
+            rows.append(f"| {r['consumer']} | {r['version']} | {r['arch']} | {r['precision']} "
+                        f"| does not run: {r['error'][:120]} | | | |")
+            continue
+        rows.append(f"| {r['consumer']} | {r['version']} | {r['arch']} | {r['precision']} | "
+                    f"{r['predictions_differing']} of {r['samples']:,} | "
+                    f"{r['max_abs_logit_difference']:.1e} | {r['seconds']:,.0f} | "
+                    f"{', '.join(labels[w] for w in r['workarounds']) or 'none'} |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("models", nargs="+", type=Path)
+    parser.add_argument("models", nargs="*", type=Path)
+    parser.add_argument("--table", type=Path, help="print the records in this folder as a "
+                                                   "Markdown table")
     parser.add_argument("--samples", type=int, default=10000)
     parser.add_argument("--consumers", default=",".join(CONSUMERS))
     parser.add_argument("--out", type=Path, help="folder for one JSON record per model and "
                                                  "consumer")
     args = parser.parse_args()
+    if args.table:
+        print(table(args.table))
+        return
     logging.disable(logging.WARNING)  # the importers' notes on every node
     for path in args.models:
         model, x, labels, want, cfg = reference(path, args.samples)

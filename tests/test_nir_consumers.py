@@ -13,6 +13,7 @@ import torch
 
 import twinsnn
 from benchmarks.nir_consumers import CONSUMERS, WORKAROUNDS, compare, reference
+from test_deploy import _every_core  # noqa: F401 (autouse: 1,000-image passes on every core)
 from twinsnn.classify import pretrained
 from twinsnn.data import fashion_mnist
 
@@ -22,14 +23,6 @@ pytestmark = [
                        reason="real Fashion-MNIST not installed"),
     pytest.mark.skipif(bool(MISSING), reason=f"NIR consumers not installed: {MISSING} (the "
                        "README's test command installs them)")]
-
-
-@pytest.fixture(autouse=True)
-def _both_cores():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
 
 
 def portable(model, folder):
@@ -70,7 +63,6 @@ def test_the_shipped_ternary_network_runs_in_every_consumer_with_its_predictions
 def trained(request, tmp_path_factory):
     """VGG-11 or SEW ResNet-19 trained briefly (one epoch of 500 real training images,
     ternary from the start: not to a useful accuracy, but spiking)."""
-    torch.set_num_threads(2)
     run = twinsnn.fit(request.param, config="fmnist-cpu", progress=False, name=request.param,
                       out_dir=str(tmp_path_factory.mktemp("runs")), train_limit=500,
                       val_size=100, width=0.0625, timesteps=2, epochs=1, batch_size=50,
