@@ -144,8 +144,9 @@ def member_from_checkpoint(state: dict, member: int = 0, path: Path | str = "che
     latent = sorted({key.split(".parametrizations.")[0] for key in weights
                      if ".parametrizations." in key})
     try:
-        if latent:
-            quant.compress(model, q.mode, q.delta, False, q.scale, q.delta_rule, q.delta_per,
+        if latent:  # quant.scale=auto: each layer's scale as the run chose it
+            scale = state["meta"]["quant_scales"] if q.scale == "auto" else q.scale
+            quant.compress(model, q.mode, q.delta, False, scale, q.delta_rule, q.delta_per,
                            layers=latent)
         model.load_state_dict(weights)
     except Exception as e:  # any mismatch of untrusted weights
