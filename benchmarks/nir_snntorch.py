@@ -22,7 +22,7 @@ import nir
 import torch
 
 from twinsnn.data import build_data
-from twinsnn.inference import load_for_eval, load_network
+from twinsnn.inference import load, training_config
 from twinsnn.losses import logits_of
 from twinsnn.nir import read_graph, to_graph
 from twinsnn.data.transforms import Preprocess
@@ -73,9 +73,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=10000)
     parser.add_argument("--fold", choices=["weights", "neurons"], default="weights")
     args = parser.parse_args()
-    model, meta = load_network(args.checkpoint)
+    model, meta = load(args.checkpoint)
     graph = to_graph(model, meta, args.fold)
-    _, cfg = load_for_eval(args.checkpoint)
+    cfg = training_config(meta, args.checkpoint)
     data = build_data(cfg.data, cfg.model.timesteps)
     x = Preprocess(data, False, False)(data.test.x[: args.samples])
     reader, _ = read_graph_from(graph)

@@ -29,7 +29,7 @@ from .config import Config
 from .distributed import World
 from .errors import ConfigError, Interrupted, TrainingError
 from .graphs import make_step
-from .inference import evaluate
+from .evaluation import evaluate
 from .neurons import reset_states
 from .quant import Selector
 from .runtime import resolve_device
