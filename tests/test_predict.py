@@ -7,12 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
+import twinsnn
+
 from test_cli import assert_one_line_error, cli
 from twinsnn.cli import main
 from twinsnn.config import DataConfig
 from twinsnn.data import fashion_mnist
 from twinsnn.data.transforms import Preprocess
-from twinsnn.inference import load_network
 from twinsnn.losses import logits_of
 from twinsnn.classify import pretrained, pretrained_names, pretrained_record
 
@@ -42,7 +43,8 @@ def test_predict_gives_the_classes_the_evaluation_path_gives(tmp_path, capsys):
     proc = cli(capsys, "predict", "--pretrained", NAME, *paths, "--json")
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)
-    model, meta = load_network(pretrained(NAME))
+    model = twinsnn.load(pretrained(NAME))
+    meta = model.meta  # the file's description, which the network carries
     stats = type("Stats", (), {"mean": meta["data"]["mean"], "std": meta["data"]["std"],
                                "augmentation": "crop_flip"})
     with torch.no_grad():

@@ -21,6 +21,7 @@ SpikingJelly and snnTorch neurons as they are).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import sys
@@ -42,10 +43,8 @@ from .data.splits import Dataset
 from .data.transforms import Preprocess
 from .distributed import join, leave, synchronize_batchnorm
 from .errors import ConfigError, TwinsnnError
-from . import inference
-from .packed import export_packed
+from . import classify as images, evaluation, formats, inference
 from .graphs import make_step
-from .inference import load_network
 from .losses import logits_of
 from .models import build_model, model_spec
 from .neurons import reset_states
@@ -304,6 +303,9 @@ def fit(model: Callable[[], nn.Module] | str | None = None, data=None, *, val=No
         if "class" in meta["model"]:  # a network of the user's own
             kind = type(cohort.members[0])
             meta["model"]["class"] = f"{kind.__module__}.{kind.__qualname__}"
+        else:  # a built-in one describes itself to the files it is written to
+            for member in cohort.members:
+                member.meta = meta
         notes = {"strategy": _described(strategy)}
         if cfg.quant.mode != "none":
             notes["compression"] = {n: {"normalized": normed, "scale": cohort.scales[n]}
@@ -342,21 +344,40 @@ def datasets(name: str = "fashion-mnist", **settings) -> tuple:
     return tensor_datasets(build_data(cfg.data, cfg.model.timesteps))
 
 
-def export(model: nn.Module, path, meta: dict | None = None) -> Path:
-    """Write the (compressed) ``model`` as a packed file: ternary weights at 2 bits, binary
-    at 1, everything else float32 (``export.export_packed``); ``meta`` (JSON) goes in its
-    header, by default the model's class. Load it back with ``load``."""
-    kind = type(model)
-    return export_packed(model, path, meta or {"model": {
-        "class": f"{kind.__module__}.{kind.__qualname__}"}})
+def export(model: nn.Module, path, format: str | None = None, meta: dict | None = None,
+           **options) -> Path:
+    """Write ``model`` to ``path`` as ``format`` (``formats.FORMATS``: ``packed``,
+    ``safetensors``, ``checkpoint``, ``nir``; default: the one the suffix names, ``.tnn``,
+    ``.safetensors``, ``.pt`` or ``.nir``, else packed). ``meta`` (JSON) goes in the file, by
+    default the network's own description: for a built-in network how to rebuild it and the
+    data and config it was trained with, so that ``load`` and ``twinsnn eval`` need no
+    model; for a network of your own its class. ``options``: the NIR graph's ``fold``.
+    Returns the path."""
+    return formats.write(model, path, format, meta, **options)
 
 
-def load(path, model: nn.Module | None = None) -> nn.Module:
-    """The network in a ``.tnn`` export or a ``model.safetensors`` (or, for the built-in
-    networks, a ``checkpoint.pt`` or ``.nir`` graph), in eval mode: its weights loaded into
-    ``model``, a fresh network of your own class, or into the built-in network the file
-    describes. Compressed weights come back as the exact ``codes * scale`` floats."""
-    return load_network(Path(path), model=model)[0]
+def load(path, model: nn.Module | None = None, *, member: int = 0,
+         integer: bool = False) -> nn.Module:
+    """The network in a file any format of ``formats.FORMATS`` wrote, in eval mode: its
+    weights loaded into ``model``, a fresh network of your own class, or into the built-in
+    network the file describes (which then carries the file's description, ``meta``).
+    Compressed weights come back as the exact ``codes * scale`` floats. ``member``: which
+    member of a checkpoint's cohort (0, the base); ``integer``: its integer inference
+    (``integer.integer_model``)."""
+    return inference.load(path, member, integer, model)[0]
+
+
+def pretrained_path(name: str) -> Path:
+    """The file of the network ``name`` that ships with twinsnn (``twinsnn predict --help``
+    lists them)."""
+    return images.pretrained(name)
+
+
+def classify_images(model: nn.Module, paths) -> list[dict]:
+    """Class, class name and probability of each image file in ``paths`` under ``model`` (a
+    network ``load`` read, which carries its description), each converted as that says
+    (``classify.classify``)."""
+    return images.classify(model, getattr(model, "meta", {}), [Path(p) for p in paths])
 
 
 @torch.no_grad()
@@ -369,14 +390,25 @@ def predict(model: nn.Module, x: torch.Tensor,
     return logits_of(model(x))
 
 
-def evaluate(model: nn.Module, data, batch_size: int = 1000, device: str | None = None,
-             reset: Callable[[nn.Module], None] = reset_states) -> dict:
+def evaluate(model: nn.Module, data=None, batch_size: int = 1000, device: str | None = None,
+             reset: Callable[[nn.Module], None] = reset_states, *, split: str = "test",
+             data_dir: str | None = None) -> dict:
     """Accuracy, mean cross-entropy, confusion matrix and firing rates of ``model`` on a
-    ``Dataset`` or ``DataLoader`` of ``(x, y)`` (``inference.evaluate``), on ``device``
-    (default: where the model is)."""
+    ``Dataset`` or ``DataLoader`` of ``(x, y)`` (``evaluation.evaluate``: ``acc``, ``loss``,
+    ``confusion``, ``rates``), on ``device`` (default: where the model is).
+
+    ``data=None``: on the ``split`` (``test`` or ``val``) of the built-in data set the network
+    was trained on, as its description says (a network ``load`` read, or ``fit`` trained), fed
+    as in training (``data_dir``: where that data set is), with its operations and energy;
+    returns what ``twinsnn eval --json`` prints (``inference.report``). ``model`` itself is
+    left as it is (a copy is placed as in training: memory format, LIF kernel)."""
+    if data is None:
+        return inference.report(copy.deepcopy(model), getattr(model, "meta", {}), split,
+                                data_dir, device or "auto")
     place = torch.device(device) if device else next(model.parameters()).device
     loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size)
-    return inference.evaluate(model.to(place), LoaderFeed(loader, place), batch_size, reset)
+    return evaluation.evaluate(model.to(place), LoaderFeed(loader, place), batch_size, reset)
 
 
-__all__ = ["Run", "datasets", "evaluate", "export", "fit", "load", "make_config", "predict"]
+__all__ = ["Run", "classify_images", "datasets", "evaluate", "export", "fit", "load",
+           "make_config", "predict", "pretrained_path"]

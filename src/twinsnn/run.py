@@ -344,8 +344,7 @@ class RunFolder:
     def finish(self, base: torch.nn.Module, meta: dict) -> None:
         """Write the base network (compressed weights baked in) as ``model.safetensors``."""
         if self.writer:
-            save_model(self.dir / "model.safetensors",
-                       quant.baked(base) if quant.is_compressed(base) else base, meta)
+            save_model(self.dir / "model.safetensors", base, meta)
 
     def fault(self, what: str, epoch: int, step: int) -> TrainingError:
         """The error that stops a run whose numbers are no longer finite."""

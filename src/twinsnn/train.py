@@ -24,7 +24,7 @@ from .cohort import Cohort, check_outputs, derive_seed
 from .config import Config
 from .distributed import World
 from .errors import ConfigError, Interrupted
-from .inference import evaluate
+from .evaluation import evaluate
 from .files import first_line
 from .run import RunFolder, StopSignal, checkpoint_state
 from .strategies import Strategy
