@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from twinsnn.data import fashion_mnist, image_folder
+from twinsnn.config import DataConfig
+from twinsnn.data import build_data, fashion_mnist, image_folder
 
 
 def pytest_addoption(parser):
@@ -34,6 +35,19 @@ def shared_folder(tmp_path_factory, name: str) -> Path:
     if os.environ.get("PYTEST_XDIST_WORKER"):  # the workers' folders share this session's parent
         root = root.parent
     return root / name
+
+
+@pytest.fixture(scope="session")
+def cifar10_jpeg_home(cifar10_jpeg, tmp_path_factory):
+    """A home folder whose ``~/.cache/twinsnn`` holds the decoded real copy, decoded once per
+    session for all workers: set ``HOME`` to it, and the commands read the cache."""
+    from filelock import FileLock
+
+    home = shared_folder(tmp_path_factory, "cifar10-jpeg-home")
+    with FileLock(str(home) + ".lock"):
+        build_data(DataConfig(name="cifar10-jpeg", dir=str(cifar10_jpeg), val_size=0,
+                              cache_dir=str(home / ".cache" / "twinsnn")), 2)
+    return home
 
 
 def write_idx_gz(path: Path, array: np.ndarray) -> None:
