@@ -75,7 +75,10 @@ def test_a_record_lacking_a_key_whose_default_changed_runs_as_it_was_recorded():
     assert from_record({}).train.fuse_norm is False
     assert from_record({"train.fuse_norm": True}).train.fuse_norm is True
     assert from_record({"train.epochs": 3}) == from_flat({"train.epochs": 3,
-                                                           "train.fuse_norm": False})
+                                                           "train.fuse_norm": False,
+                                                           "quant.scale": "none"})
+    # quant.scale is auto by default; records before it ran codes alone
+    assert (from_flat({}).quant.scale, from_record({}).quant.scale) == ("auto", "none")
 
 
 def test_a_model_registered_after_the_first_config_is_accepted(monkeypatch):

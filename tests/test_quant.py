@@ -85,7 +85,7 @@ def test_sparsity_reports_zero_fraction():
 
 
 def test_schedule_switches_on_exactly_at_start_epoch():
-    cfg = QuantConfig(mode="ternary", start_epoch=3, delta=0.1)
+    cfg = QuantConfig(mode="ternary", start_epoch=3, delta=0.1, scale="none")
     model = small_net()
     assert [set_compression(model, cfg, e) for e in range(5)] == [False, False, False, True,
                                                                   True]
@@ -110,7 +110,7 @@ def test_adam_state_survives_the_switch():
     step()
     state = optimizer.state[param]
     exp_avg = state["exp_avg"].clone()
-    set_compression(model, QuantConfig(mode="ternary", start_epoch=1, delta=0.01), 1)
+    set_compression(model, QuantConfig(mode="ternary", start_epoch=1, delta=0.01, scale="none"), 1)
     latent = model.convs[1].synapse.parametrizations.weight.original
     assert latent is param
     assert optimizer.state[latent] is state and torch.equal(state["exp_avg"], exp_avg)
@@ -218,9 +218,22 @@ def test_threshold_rule_errors():
 def test_set_compression_uses_the_configured_rule():
     model = small_net()
     cfg = QuantConfig(mode="ternary", start_epoch=0, delta=0.7, delta_rule="mean_abs",
-                      delta_per="channel")
+                      delta_per="channel", scale="none")
     set_compression(model, cfg, 0)
     q = quantizer(model.convs[1].synapse)
     assert (q.delta_rule, q.delta_per, q.delta) == ("mean_abs", "channel", 0.7)
     sparsity = weight_sparsity(model)
     assert all(0.2 < v < 0.7 for v in sparsity.values()), sparsity
+
+
+def test_auto_scale_takes_each_layers_scale():
+    """quant.scale=auto compresses each layer with its own scale (safeguards.scales)."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 2))
+    cfg = QuantConfig(mode="ternary", start_epoch=0, delta=0.5, delta_rule="mean_abs")
+    with pytest.raises(ConfigError, match="quant.scale=auto needs each layer's scale"):
+        set_compression(model, cfg, 0)
+    set_compression(model, cfg, 0, scales={"1": "none", "2": "layer"})
+    assert (quantizer(model[1]).scale, quantizer(model[2]).scale) == ("none", "layer")
+    assert set(model[1].weight.unique().tolist()) <= {-1.0, 0.0, 1.0}
+    kept = model[2].weight[model[2].weight != 0].abs()
+    assert torch.allclose(kept, kept[0].expand_as(kept)) and kept[0] != 1.0

@@ -64,7 +64,8 @@ def test_a_training_step_waits_for_nothing(sets):
     # the eager LIF kernels: the compiled ones run the same code, out of the dispatcher's sight
     cfg, cohort, step, x, y = cohort_and_step(torch.device("cpu"), **sets,
                                               **{"train.compile": False})
-    quant.set_compression(cohort.members[0], cfg.quant, cfg.quant.start_epoch)
+    quant.set_compression(cohort.members[0], cfg.quant, cfg.quant.start_epoch, cohort.layers,
+                          cohort.scales)
     assert quant.is_compressed(cohort.members[0]) == (cfg.quant.mode != "none")
     step(x, y)  # Adam's state exists from here on
     # Adam keeps its step counts on the host unless capturable: reading those waits for nothing
@@ -131,7 +132,8 @@ def test_graphed_steps_train_as_eager_steps():
         for i in range(2 * WARMUP_STEPS + 4):
             if i == WARMUP_STEPS + 2:
                 cohort.scheduler.step()
-                assert quant.set_compression(cohort.members[0], cfg.quant, cfg.quant.start_epoch)
+                assert quant.set_compression(cohort.members[0], cfg.quant, cfg.quant.start_epoch,
+                                             cohort.layers, cohort.scales)
             losses.append(step(x, y)[0].detach().clone())
         losses.append(step(x[:3], y[:3])[0].detach().clone())  # another size runs eagerly
         runs.append((torch.stack(losses), [p.detach().clone() for m in cohort.members

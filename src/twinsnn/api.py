@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ from .neurons import reset_states
 from .quant import Selector
 from .run import RunFolder, StopSignal
 from .runtime import configure, resolve_device
+from .safeguards import chosen_scales_line, switch_warning
 from .strategies import Strategy, check_strategy, from_config, registered_name
 from .train import Training, train
 
@@ -106,10 +108,10 @@ def _user_feed(source, device, cfg: Config, workers: int, name: str):
     return DatasetFeed(source, device, workers, cfg.train.channels_last, name, repeat)
 
 
-def _first_sample(feed) -> torch.Tensor:
-    """The first sample of a user's feed, to size a built-in network for it."""
+def _first_batch(feed) -> torch.Tensor:
+    """The first sample of a user's feed as a batch of one, as the network takes it."""
     x, _ = next(iter(feed.in_order(1)))
-    return x[0]
+    return x
 
 
 def _builtin_meta(cfg: Config, classes: int, channels: int, size, data: dict) -> dict:
@@ -149,7 +151,7 @@ def _parts(model, data, val, test, cfg: Config, device, classes, workers):
             if classes is None:
                 raise ConfigError("a built-in architecture on data of your own needs the "
                                   "number of classes: fit(..., num_classes=K)")
-            sample = _first_sample(train_feed)
+            sample = _first_batch(train_feed)[0]
             shape = (classes, sample.shape[-3], tuple(sample.shape[-2:]))
         factory = lambda: build_model(cfg.model, *shape)  # noqa: E731
         return factory, train_feed, evals, split, _builtin_meta(cfg, *shape, data_meta)
@@ -224,6 +226,26 @@ def _described(strategy: Strategy) -> dict:
                          for k, v in strategy.settings().items()}}
 
 
+def _watch_switch(cfg: Config, run: RunFolder, cohort,
+                  then: Callable[[dict], bool | None] | None) -> Callable[[dict], bool | None]:
+    """``on_epoch_end`` that first checks the switch: if the base's validation accuracy fell
+    by more than a few points from the epoch before compression to the first compressed
+    one, it says so on stderr and in ``run.json`` (``warnings``), naming the likely cause."""
+    def check(record: dict) -> bool | None:
+        if run.writer and record["epoch"] == cfg.quant.start_epoch > 0 and \
+                "val_acc/0" in record:
+            before = [r for r in map(json.loads, run.metrics.read_text().splitlines())
+                      if r["epoch"] == record["epoch"] - 1 and "val_acc/0" in r]
+            message = before and switch_warning(before[-1]["val_acc/0"], record["val_acc/0"],
+                                                cohort.members[0], cohort.scales,
+                                                cohort.normalized)
+            if message:
+                print(f"warning: {message}", file=sys.stderr)
+                run.note("warnings", message)
+        return then(record) if then is not None else None
+    return check
+
+
 def fit(model: Callable[[], nn.Module] | str | None = None, data=None, *, val=None, test=None,
         config: Config | str | dict | None = None, strategy: Strategy | str | None = None,
         layers: Selector = None, teacher: nn.Module | None = None,
@@ -272,12 +294,24 @@ def fit(model: Callable[[], nn.Module] | str | None = None, data=None, *, val=No
         device = world.device(device)
         factory, train_feed, evals, split, meta = _parts(model, data, val, test, cfg, device,
                                                          classes, workers)
+        example = None
+        if cfg.quant.mode != "none" and "class" in meta["model"]:  # a network of the user's own
+            with torch.random.fork_rng():  # the random state training starts from stays
+                example = _first_batch(train_feed)
         cohort = build_cohort(cfg, factory, strategy, device,
                               _teacher(cfg, strategy, factory, meta, teacher), meta, reset,
-                              layers)
+                              layers, example)
         if "class" in meta["model"]:  # a network of the user's own
             kind = type(cohort.members[0])
             meta["model"]["class"] = f"{kind.__module__}.{kind.__qualname__}"
+        notes = {"strategy": _described(strategy)}
+        if cfg.quant.mode != "none":
+            notes["compression"] = {n: {"normalized": normed, "scale": cohort.scales[n]}
+                                    for n, normed in cohort.normalized.items()}
+            line = chosen_scales_line(cohort.scales, cohort.normalized)
+            if line and world.writer:
+                print(line)
+            on_epoch_end = _watch_switch(cfg, run, cohort, on_epoch_end)
         t = Training(cfg, cohort, strategy, train_feed, evals, run, StopSignal(),
                      make_step(cohort, strategy, cfg.train, world), progress and world.writer,
                      world)
@@ -286,8 +320,7 @@ def fit(model: Callable[[], nn.Module] | str | None = None, data=None, *, val=No
         with t.stop:
             state = run.resume(cohort) if resume else None
             first = state["epoch"] if resume else run.start(
-                cohort, split, deterministic, source, world.size,
-                {"strategy": _described(strategy)})
+                cohort, split, deterministic, source, world.size, notes)
             if world.active and cfg.train.sync_batchnorm:
                 synchronize_batchnorm(cohort.members, device)
             record, complete = train(t, first, state, on_epoch_end)

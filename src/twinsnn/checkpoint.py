@@ -139,7 +139,8 @@ def member_from_checkpoint(state: dict, member: int = 0, path: Path | str = "che
     model = build_from_header(state["meta"]["model"], path, _stored_bytes(weights))
     try:
         if member == 0:
-            quant.set_compression(model, quant_cfg, weights_epoch(state))
+            quant.set_compression(model, quant_cfg, weights_epoch(state),
+                                  scales=state["meta"].get("quant_scales"))
         model.load_state_dict(weights)
     except Exception as e:  # any mismatch of untrusted weights
         raise CheckpointError(f"{path}: weights do not fit the described model "

@@ -13,7 +13,9 @@ from torch import nn
 from .config import Config
 from .errors import ConfigError, TwinsnnError
 from .neurons import reset_states
+from .quant import select_layers
 from .runtime import autocast, place
+from .safeguards import normalized, scales
 from .strategies import Strategy
 
 
@@ -44,6 +46,8 @@ class Cohort:
     autocast_cache: bool = True  # off for a CUDA graph's capture (graphs.GraphedStep)
     reset: Callable[[nn.Module], None] = reset_states  # clears a network's state before a batch
     layers: object = None  # which of the base's layers compression takes (quant.select_layers)
+    normalized: dict | None = None  # {compressed layer: a normalization follows it}
+    scales: dict | None = None  # {compressed layer: its scale} (safeguards.scales)
     checked: bool = False  # the outputs of a batch were checked against its labels
 
     @property
@@ -94,11 +98,15 @@ def set_capturable(optimizer: torch.optim.Optimizer, capturable: bool) -> None:
 
 def build_cohort(cfg: Config, factory: Callable[[], nn.Module], strategy: Strategy, device,
                  teacher: nn.Module | None = None, meta: dict | None = None,
-                 reset: Callable[[nn.Module], None] = reset_states, layers=None) -> Cohort:
+                 reset: Callable[[nn.Module], None] = reset_states, layers=None,
+                 example: torch.Tensor | None = None) -> Cohort:
     """``strategy.members`` networks made by ``factory``, each after seeding torch with its
     member seed, placed on ``device`` as ``cfg.train`` says; the frozen ``teacher`` the
     strategy needs (placed alike); ``layers``: which of the base's layers are compressed (by
-    default ``quant.layers``, see ``quant.select_layers``)."""
+    default ``quant.layers``, see ``quant.select_layers``), each with the scale
+    ``quant.scale`` gives it (``auto``: by whether a normalization follows it, seen on the
+    sample batch ``example`` in a network that is not a ``SpikingNetwork``;
+    ``safeguards``)."""
     if strategy.needs_teacher and teacher is None:
         raise ConfigError(f"the strategy {type(strategy).__name__} needs a teacher: --teacher "
                           "PATH (loss.teacher), or teacher= in twinsnn.fit")
@@ -113,8 +121,15 @@ def build_cohort(cfg: Config, factory: Callable[[], nn.Module], strategy: Strate
         members.append(place(model, cfg.train, device))
     if teacher is not None:
         teacher = place(teacher, cfg.train, device).requires_grad_(False).eval()
-    return Cohort(members, *optimization(members, cfg.train), teacher if strategy.needs_teacher
-                  else None, cfg.train.precision, seeds, meta or {}, reset=reset, layers=layers)
+    cohort = Cohort(members, *optimization(members, cfg.train),
+                    teacher if strategy.needs_teacher else None, cfg.train.precision, seeds,
+                    meta or {}, reset=reset, layers=layers)
+    if cfg.quant.mode != "none":
+        names = select_layers(members[0], cfg.quant.layers if layers is None else layers,
+                              cfg.quant.full_precision_ends)
+        cohort.normalized = normalized(members[0], names, example, reset)
+        cohort.scales = cohort.meta["quant_scales"] = scales(cfg.quant.scale, cohort.normalized)
+    return cohort
 
 
 def check_outputs(outputs: list[torch.Tensor], y: torch.Tensor) -> None:

@@ -112,7 +112,8 @@ class QuantConfig:
     delta_per: str = "layer"  # mean_abs: one D per layer | per output channel
     full_precision_ends: bool = True  # keep the first and the last conv/linear layer in fp32
     layers: typing.Optional[str] = None  # compress only these: names or patterns, "fcs.*,convs.2"
-    scale: str = "none"  # none (paper: codes only) | layer | channel: fp scale beside the codes
+    scale: str = "auto"  # auto: none where a normalization follows the layer, layer where none
+    #   does (safeguards.py) | none (paper: codes only) | layer | channel: fp scale beside the codes
     lr_at_switch: typing.Optional[float] = None  # set the lr to this when compression starts
 
 
@@ -136,7 +137,7 @@ def choices() -> dict[str, tuple[str, ...]]:
             "model.surrogate": tuple(SURROGATES), "train.lr_step_unit": ("epoch", "batch"),
             "train.device": DEVICES, "train.precision": PRECISIONS,
             "loss.strategy": tuple(STRATEGIES), "loss.reduction": REDUCTIONS, "loss.match": MATCHES,
-            "quant.mode": ("none", *MODES), "quant.scale": SCALES,
+            "quant.mode": ("none", *MODES), "quant.scale": ("auto", *SCALES),
             "quant.delta_rule": DELTA_RULES, "quant.delta_per": DELTA_PER}
 
 
@@ -255,7 +256,7 @@ def coerce(key: str, value):
 
 # Keys whose default has changed, at the value that records lacking them (written before the
 # key existed) ran with.
-RECORDED_BEFORE = {"train.fuse_norm": False}
+RECORDED_BEFORE = {"train.fuse_norm": False, "quant.scale": "none"}
 
 
 def record_defaults() -> dict:

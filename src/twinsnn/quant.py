@@ -193,22 +193,24 @@ def select_layers(model: nn.Module, layers: Selector = None,
 
 
 def compress(model: nn.Module, mode: str, delta: float = 0.1,
-             full_precision_ends: bool = True, scale: str = "none",
+             full_precision_ends: bool = True, scale: str | dict[str, str] = "none",
              delta_rule: str = "absolute", delta_per: str = "layer",
              layers: Selector = None) -> list[str]:
     """Quantize the weight of every layer ``select_layers(model, layers,
-    full_precision_ends)`` names. Idempotent: an existing parametrization is reconfigured,
-    never stacked. Returns the compressed layer names."""
+    full_precision_ends)`` names, with ``scale`` (one for all, or ``{layer: scale}``).
+    Idempotent: an existing parametrization is reconfigured, never stacked. Returns the
+    compressed layer names."""
     chosen = set(select_layers(model, layers, full_precision_ends))
     for name, module in list(model.named_modules()):
         if name not in chosen:
             continue
+        its = scale[name] if isinstance(scale, dict) else scale
         existing = quantizer(module)
         if existing is not None:
-            existing.configure(mode, delta, scale, delta_rule, delta_per)
+            existing.configure(mode, delta, its, delta_rule, delta_per)
         else:
             parametrize.register_parametrization(
-                module, "weight", Quantize(mode, delta, scale, delta_rule, delta_per))
+                module, "weight", Quantize(mode, delta, its, delta_rule, delta_per))
     return compressed_layers(model)
 
 
@@ -253,13 +255,21 @@ def compression_on(cfg_quant, epoch: int) -> bool:
     return cfg_quant.mode != "none" and epoch >= cfg_quant.start_epoch
 
 
-def set_compression(model: nn.Module, cfg_quant, epoch: int, layers: Selector = None) -> bool:
+def set_compression(model: nn.Module, cfg_quant, epoch: int, layers: Selector = None,
+                    scales: dict[str, str] | None = None) -> bool:
     """Compress or decompress ``model`` as ``compression_on`` says, the layers that
-    ``layers`` (else ``cfg_quant.layers``) selects; returns whether it is on."""
+    ``layers`` (else ``cfg_quant.layers``) selects, each with its scale of ``scales`` where
+    ``cfg_quant.scale`` is ``auto`` (``safeguards.scales``); returns whether it is on."""
     on = compression_on(cfg_quant, epoch)
     if on:
+        scale = cfg_quant.scale
+        if scale == "auto":
+            if scales is None:
+                raise ConfigError("quant.scale=auto needs each layer's scale "
+                                  "(twinsnn.safeguards.scales); or set quant.scale")
+            scale = scales
         compress(model, cfg_quant.mode, cfg_quant.delta, cfg_quant.full_precision_ends,
-                 cfg_quant.scale, cfg_quant.delta_rule, cfg_quant.delta_per,
+                 scale, cfg_quant.delta_rule, cfg_quant.delta_per,
                  cfg_quant.layers if layers is None else layers)
     else:
         decompress(model)

@@ -159,7 +159,8 @@ def checkpoint_state(cfg: Config, cohort, epoch: int, step: int = 0, rng: dict |
 
 def restore(cohort, state: dict, cfg: Config, path: Path) -> None:
     """Load every member, the optimizer and the schedule of a checkpoint into ``cohort``."""
-    quant.set_compression(cohort.members[0], cfg.quant, weights_epoch(state), cohort.layers)
+    quant.set_compression(cohort.members[0], cfg.quant, weights_epoch(state), cohort.layers,
+                          cohort.scales)
     if len(state["members"]) != len(cohort.members):
         raise CheckpointError(f"{path} holds {len(state['members'])} members; "
                               f"the config trains {len(cohort.members)}")
@@ -327,6 +328,14 @@ class RunFolder:
         for name, value in scalars.items():
             self.board.add_scalar(name, value, epoch)
         self.board.flush()
+
+    def note(self, key: str, value) -> None:
+        """Add ``value`` to the list ``key`` of ``run.json`` (what the run said while it ran)."""
+        if not self.writer:
+            return
+        info = json.loads((self.dir / "run.json").read_text())
+        info[key] = [*info.get(key, []), value]
+        write_text(self.dir / "run.json", json.dumps(info, indent=2) + "\n")
 
     def save(self, state: dict) -> None:
         if self.writer:

@@ -26,6 +26,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .errors import TwinsnnError
 from .layers import TimeSharedDropout
 from .quant import SYNAPSES, weight_sparsity
 from .structure import SpikingNetwork, layers as layer_nodes
@@ -84,6 +85,9 @@ def normalized(model: nn.Module, names: list[str], x: torch.Tensor | None = None
     ``SpikingNetwork``; ``reset`` clears a network's state before it runs."""
     if isinstance(model, SpikingNetwork):
         return _described(model, names)
+    if x is None:
+        raise TwinsnnError("which layers a normalization follows in a network that is not a "
+                           "SpikingNetwork is seen on a sample batch: pass one (example=)")
     return _observed(model, names, x, reset)
 
 
@@ -95,14 +99,21 @@ def scales(scale: str, followed: dict[str, bool]) -> dict[str, str]:
     return {name: "none" if normed else "layer" for name, normed in followed.items()}
 
 
+def _named(layers: list[str]) -> tuple[str, str]:
+    """``("layer a", "its")`` or ``("layers a, b", "their")``."""
+    many = len(layers) > 1
+    return f"layer{'s' if many else ''} {', '.join(layers)}", "their" if many else "its"
+
+
 def chosen_scales_line(chosen: dict[str, str], followed: dict[str, bool]) -> str | None:
     """The line that says which layers ``auto`` gave a scale (None if it gave none)."""
     scaled = [n for n, s in chosen.items() if s != "none" and not followed[n]]
     if not scaled:
         return None
-    return (f"quant.scale=auto: no normalization follows {', '.join(scaled)}, so their "
-            "compressed weights get a per-layer scale (the mean |W| of the kept weights); "
-            "the layers a normalization follows keep codes alone")
+    named, its = _named(scaled)
+    return (f"quant.scale=auto: no normalization follows {named}, so {its} compressed "
+            "weights get a scale (the mean |W| of the kept weights); layers that a "
+            "normalization follows keep codes alone")
 
 
 def switch_warning(before: float, after: float, base: nn.Module, chosen: dict[str, str],
@@ -115,13 +126,15 @@ def switch_warning(before: float, after: float, base: nn.Module, chosen: dict[st
     fall = f"validation accuracy fell from {before:.1%} to {after:.1%} when compression started"
     bare = [n for n, s in chosen.items() if s == "none" and not followed[n]]
     if bare:
-        return (f"{fall}: no normalization follows {', '.join(bare)} and their codes carry "
-                "no scale (quant.scale=none), so their outputs changed size; set quant.scale "
+        named, its = _named(bare)
+        return (f"{fall}: no normalization follows {named}, and {its} ternary codes carry no "
+                f"scale (quant.scale=none), so {its} outputs changed size; set quant.scale "
                 "to auto (the default) or layer")
     zeros = weight_sparsity(base)
     mostly = {n: z for n, z in zeros.items() if z > 0.9}
     if mostly:
         return (f"{fall}: the ternary threshold zeroes over 90% of the weights of "
-                f"{', '.join(mostly)}; lower quant.delta or use quant.delta_rule=mean_abs")
+                f"{_named(list(mostly))[0]}; lower quant.delta or use "
+                "quant.delta_rule=mean_abs")
     return (f"{fall}: the compressed network has not recovered; a lower learning rate at the "
             "switch (quant.lr_at_switch) or more epochs after it may help")

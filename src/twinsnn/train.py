@@ -190,7 +190,8 @@ def run_epoch(t: Training, epoch: int, state: dict | None = None) -> dict:
     the last), a metrics line and a checkpoint. Returns the metrics record."""
     cfg, cohort = t.cfg, t.cohort
     was_compressed = quant.is_compressed(cohort.members[0])
-    compressed = quant.set_compression(cohort.members[0], cfg.quant, epoch, cohort.layers)
+    compressed = quant.set_compression(cohort.members[0], cfg.quant, epoch, cohort.layers,
+                                       cohort.scales)
     t.strategy.set_compressed(compressed)
     if t.world.active and (cohort.parallel is None or compressed != was_compressed):
         cohort.parallel = None  # the old wrapper's hooks go before the new one's are set
