@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from twinsnn.data import build_data
-from twinsnn.inference import load_for_eval, load_network
+from twinsnn.inference import load, training_config
 from twinsnn.fold import fold_layers
 from twinsnn.integer import integer_model
 from twinsnn.losses import logits_of
@@ -32,8 +32,8 @@ def main() -> None:
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--samples", type=int, default=10000)
     args = parser.parse_args()
-    model, meta = load_network(args.checkpoint)
-    _, cfg = load_for_eval(args.checkpoint)
+    model, meta = load(args.checkpoint)
+    cfg = training_config(meta, args.checkpoint)
     data = build_data(cfg.data, cfg.model.timesteps)
     preprocess = Preprocess(data, False, cfg.train.channels_last)
     x, y = data.test.x[: args.samples], data.test.y[: args.samples]

@@ -21,7 +21,7 @@ Both peers get the neuron of paper eq. 1 exactly: ``u[t] = 0.5 * u[t-1] * (1 - s
 
 Dropout is time-shared in all three: one mask per sample reused at every timestep. Like
 twinsnn's networks, each peer's ``forward(x)`` gives the output potentials ``[T, B, K]``, so
-``twinsnn.train.train_step`` trains it. The layout is read from the reference network's
+``twinsnn.cohort.train_step`` trains it. The layout is read from the reference network's
 structure (``twinsnn.structure``).
 """
 from __future__ import annotations

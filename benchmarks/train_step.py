@@ -1,14 +1,14 @@
 """Training-step throughput and peak memory of the spiking CIFARNet: twinsnn as its trainer
 runs it, ablations of it, and peer libraries carrying the same weights, every one stepped by
-the library's ``twinsnn.train.train_step``.
+the library's ``twinsnn.cohort.train_step``.
 
     python -m benchmarks.train_step [--device cpu|cuda] [--config fmnist-cpu] [--image 3x32x32]
         [--widths 0.125 0.25] [--batches 64] [--modes single tna] [--impls twinsnn ...]
         [--warmup 2] [--steps 4] [--rounds 2] [--malloc retain|default]
         [--out runs/benchmarks.json] [--label main]
 
-A point is a (width, batch size, mode, implementation). Its cohort is what the trainer would
-build (``twinsnn.cohort.build_cohort``) from ``--config`` with the point's width, batch size
+A point is a (width, batch size, mode, implementation). Its cohort is what the trainer
+builds (``twinsnn.train.build_trainer``) from ``--config`` with the point's width, batch size
 and strategy (mode ``single`` or ``tna``), for random images of ``--image`` (channels x
 height x width) in 10 classes. An implementation (``IMPLS``) changes what is timed: config
 values (the ``twinsnn:*`` ablations each undo one optimization; ``twinsnn:cuda-graphs*`` add
@@ -43,16 +43,16 @@ import torch
 import torch.nn.functional as F
 
 from twinsnn.analysis import dense_macs
-from twinsnn.cohort import Cohort, build_cohort, optimization
+from twinsnn.cohort import Cohort, optimization
 from twinsnn.config import ModelConfig, load_config
 from twinsnn.data import DataSplits, Dataset
-from twinsnn.strategies import from_config as strategy_from_config
 from twinsnn.models import build_model, cifarnet
 from twinsnn.neurons import set_kernel
 from twinsnn.run import code_version, cpu_info
 from twinsnn.runtime import configure, retain_freed_memory
-from twinsnn.graphs import GraphedStep, WARMUP_STEPS, make_step
+from twinsnn.graphs import GraphedStep, WARMUP_STEPS
 from twinsnn.structure import layers, readout, shapes
+from twinsnn.train import Parts, build_trainer
 
 CLASSES = 10
 MODES = ("single", "tna")
@@ -217,25 +217,23 @@ def build_step(cfg, impl: Impl, data: DataSplits):
     step on ``data``'s batch, one on its first 2 samples (eager), and whether the step is
     replayed from a CUDA graph."""
     device, _ = configure(cfg.train)
-    strategy = strategy_from_config(cfg.loss)
     factory = functools.partial(build_model, cfg.model, data.num_classes, data.in_channels,
                                 data.image_size)
-    cohort = build_cohort(cfg, factory, strategy, device)
+    t = build_trainer(cfg, Parts(factory))
     if impl.kernel:
-        for member in cohort.members:
+        for member in t.cohort.members:
             set_kernel(member, impl.kernel)
-    if impl.peer:
+    if impl.peer:  # the same trainer, its members the peer's networks with their weights
         from .peers import PEERS
 
-        peers = [PEERS[impl.peer](m).to(device) for m in cohort.members]
-        cohort = Cohort(peers, *optimization(peers, cfg.train), precision=cfg.train.precision)
+        peers = iter([PEERS[impl.peer](m) for m in t.cohort.members])
+        t = build_trainer(cfg, Parts(lambda: next(peers)))
     fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     x, y = data.train.x.to(device).contiguous(memory_format=fmt), data.train.y.to(device)
-    step = make_step(cohort, strategy, cfg.train)
-    first = lambda: step(x[:2], y[:2])  # noqa: E731
+    first = lambda: t.step(x[:2], y[:2])  # noqa: E731
     if impl.threaded:
-        return threaded_step(cohort, strategy, cfg.train, x, y), first, False
-    return (lambda: step(x, y)), first, isinstance(step, GraphedStep)
+        return threaded_step(t.cohort, t.strategy, cfg.train, x, y), first, False
+    return (lambda: t.step(x, y)), first, isinstance(t.step, GraphedStep)
 
 
 def threaded_step(cohort: Cohort, strategy, train_cfg, x, y):

@@ -18,25 +18,22 @@ from pathlib import Path
 import torch
 
 from twinsnn.analysis import firing_rates
-from twinsnn.cohort import build_cohort
 from twinsnn.config import load_config
 from twinsnn.data import build_data
 from twinsnn.data.transforms import Preprocess
-from twinsnn.losses import logits_of
-from twinsnn.strategies import from_config as strategy_from_config
 from twinsnn.models import build_model
-from twinsnn.train import train_step
+from twinsnn.train import Parts, build_trainer
 
 
 def probe(fc_norm: str, steps: int, width: float, batch: int, seed: int) -> dict:
     cfg = load_config("fmnist-cpu", {"fc_norm": fc_norm, "width": width, "batch_size": batch,
-                                     "train.lr": 0.01, "seed": seed, "train.compile": False})
+                                     "train.lr": 0.01, "seed": seed, "train.compile": False,
+                                     "train.device": "cpu"})
     data = build_data(cfg.data, cfg.model.timesteps)
-    strategy = strategy_from_config(cfg.loss)
     factory = functools.partial(build_model, cfg.model, data.num_classes, data.in_channels,
                                 data.image_size)
-    cohort = build_cohort(cfg, factory, strategy, torch.device("cpu"))
-    net = cohort.members[0]
+    t = build_trainer(cfg, Parts(factory))
+    net = t.cohort.members[0]
     prep = Preprocess(data, augment=True)
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(data.train), generator=gen)
@@ -46,7 +43,7 @@ def probe(fc_norm: str, steps: int, width: float, batch: int, seed: int) -> dict
     losses = []
     for step in range(steps):
         idx = order[step * batch:(step + 1) * batch]
-        loss, _, _ = train_step(cohort, strategy, prep(data.train.x[idx], gen), data.train.y[idx])
+        loss, _, _ = t.step(prep(data.train.x[idx], gen), data.train.y[idx])
         losses.append(round(loss.item(), 4))
     with torch.no_grad(), firing_rates(net) as end_rates:
         net(x0)

@@ -39,8 +39,8 @@ def main() -> None:
     x = torch.randn(256, 1, 28, 28)  # any input: the two compute the same function
     same = [twinsnn.predict(net, x) for net in (run.model, reloaded)]
     print(f"train loss by epoch: {[round(r['train_loss'], 4) for r in run.metrics]}")
-    print(f"validation accuracy of the base: {run.record['val_acc/0']:.4f} "
-          f"(twin {run.record['val_acc/1']:.4f})")
+    print(f"validation accuracy of the base: {run.record['val_accuracy/0']:.4f} "
+          f"(twin {run.record['val_accuracy/1']:.4f})")
     print(f"reloaded from model.tnn: outputs {'equal' if torch.equal(*same) else 'DIFFER'}")
 
 

@@ -52,7 +52,7 @@ def main() -> None:
     x = val[:1000][0].expand(T, 1000, 1, 28, 28)
     same = [twinsnn.predict(net, x) for net in (run.model, reloaded)]
     print(f"train loss by epoch: {[round(r['train_loss'], 4) for r in run.metrics]}")
-    print(f"validation accuracy of the base: {run.record['val_acc/0']:.4f}")
+    print(f"validation accuracy of the base: {run.record['val_accuracy/0']:.4f}")
     print(f"ternary layers: {', '.join(twinsnn.compressed_layers(run.model))}")
     print(f"reloaded from model.tnn: outputs {'equal' if torch.equal(*same) else 'DIFFER'}")
 

@@ -1,3 +1,12 @@
+"""Fixtures shared by the tests, the ``fmnist`` marker's skip and the summary that names the
+tests skipped for want of real data.
+
+Markers (pyproject.toml): ``slow`` (seconds to minutes on a 2-core CPU; the inner loop is
+``pytest -m "not slow"``), ``fmnist`` (reads the real Fashion-MNIST: skipped where it is not
+installed, and then listed at the end of the run with how to get it), ``timeout(s)``
+(pytest-timeout; the default is in pyproject.toml). The tests of the real CIFAR-10 JPEG copy
+(the ``cifar10_jpeg`` fixture) are listed alike when it is not given.
+"""
 import gzip
 import os
 import struct
@@ -24,8 +33,7 @@ def cifar10_jpeg(request) -> Path:
     folder = request.config.getoption("--real-data") or os.environ.get("TWINSNN_DATA")
     source = image_folder.CIFAR10_JPEG.locate(Path(folder).resolve()) if folder else None
     if source is None:
-        pytest.skip("the CIFAR-10 JPEG copy was not given (pytest --real-data=DIR, as .ci/run "
-                    "does)")
+        pytest.skip(NO_CIFAR10_JPEG)
     return source
 
 
@@ -35,6 +43,13 @@ def shared_folder(tmp_path_factory, name: str) -> Path:
     if os.environ.get("PYTEST_XDIST_WORKER"):  # the workers' folders share this session's parent
         root = root.parent
     return root / name
+
+
+NO_FMNIST = "the real Fashion-MNIST is not installed"
+NO_CIFAR10_JPEG = "the CIFAR-10 JPEG copy was not given"
+HOW_TO_GET = {NO_FMNIST: fashion_mnist.HOW_TO_GET,  # the real data the tests may skip without
+              NO_CIFAR10_JPEG: "pytest --real-data=DIR, DIR holding cifar10-jpeg.tar.gz (as "
+                               ".ci/run does), or $TWINSNN_DATA"}
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +63,37 @@ def cifar10_jpeg_home(cifar10_jpeg, tmp_path_factory):
         build_data(DataConfig(name="cifar10-jpeg", dir=str(cifar10_jpeg), val_size=0,
                               cache_dir=str(home / ".cache" / "twinsnn")), 2)
     return home
+
+
+def slow_when_compiled(kernels) -> list:
+    """LIF kernel names as test parameters, ``compiled`` marked slow (torch.compile's first
+    kernel in a process takes seconds)."""
+    return [pytest.param(k, marks=pytest.mark.slow) if k == "compiled" else k for k in kernels]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip the tests that read the real Fashion-MNIST (marked ``fmnist``, or using the
+    ``trained_runs`` fixture) where it is not installed."""
+    if fashion_mnist.locate(None) is not None:
+        return
+    skip = pytest.mark.skip(reason=NO_FMNIST)
+    for item in items:
+        if "fmnist" in item.keywords or "trained_runs" in getattr(item, "fixturenames", ()):
+            item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Name every test that did not run for want of real data, loudly, and how to get it."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    for reason, how in HOW_TO_GET.items():
+        missed = sorted(r.nodeid for r in skipped if reason in str(r.longrepr))
+        if not missed:
+            continue
+        terminalreporter.section(f"{len(missed)} tests NOT RUN: {reason}", sep="!", red=True,
+                                 bold=True)
+        for nodeid in missed:
+            terminalreporter.write_line(f"  {nodeid}")
+        terminalreporter.write_line(f"to run them: {how}", red=True, bold=True)
 
 
 def write_idx_gz(path: Path, array: np.ndarray) -> None:
@@ -131,8 +177,6 @@ def trained_runs(tmp_path_factory) -> dict:
     from twinsnn.config import load_config
     from twinsnn.api import fit
 
-    if fashion_mnist.locate(None) is None:
-        pytest.skip("real Fashion-MNIST not installed")
     out = shared_folder(tmp_path_factory, "trained")
     runs = {"fp": out / "fp", "ternary": out / "ternary"}
     with FileLock(str(out.parent / "trained.lock")):

@@ -53,12 +53,12 @@ def test_every_strategy_and_compression_on_a_plain_sequential(tmp_path, strategy
     run = twinsnn.fit(mlp, toy_data(), val=toy_data(48, 1), out_dir=str(tmp_path),
                       name=strategy, strategy=strategy, alpha=1e-3, teacher=teacher,
                       **TERNARY, **SETTINGS, **extra)
-    accuracy = [r["train_acc/0"] for r in run.metrics]  # (kd's loss is the matching term)
+    accuracy = [r["train_accuracy/0"] for r in run.metrics]  # (kd's loss is the matching term)
     assert len(accuracy) == 2 and accuracy[1] > accuracy[0]
     assert [r["compressed"] for r in run.metrics] == [False, True]
     assert twinsnn.compressed_layers(run.model) == ["3"]  # the middle one: ends stay fp32
     assert len(run.members) == (3 if strategy == "tna" else 1)
-    assert {"val_acc/0", "val_loss/0"} <= set(run.record)
+    assert {"val_accuracy/0", "val_loss/0"} <= set(run.record)
     assert (run.dir / "model.safetensors").exists()
 
 
@@ -87,6 +87,7 @@ def test_packed_round_trip_into_the_users_class(tmp_path):
     assert torch.equal(twinsnn.predict(same, x), twinsnn.predict(run.model, x))
 
 
+@pytest.mark.slow
 def test_dataset_and_dataloader_feeds_equal_the_in_memory_path(tiny_fmnist, tmp_path):
     """The same samples in the same order, preprocessed alike: the built-in path (uint8 in
     memory, normalized per batch), a Dataset of the normalized images (twinsnn's order) and
@@ -106,7 +107,7 @@ def test_dataset_and_dataloader_feeds_equal_the_in_memory_path(tiny_fmnist, tmp_
     first = weights(runs[0])
     for run in runs[1:]:
         assert all(torch.equal(first[k], v) for k, v in weights(run).items())
-        assert run.record["val_acc/0"] == runs[0].record["val_acc/0"]
+        assert run.record["val_accuracy/0"] == runs[0].record["val_accuracy/0"]
 
 
 SCRIPT = """
@@ -129,6 +130,7 @@ twinsnn.fit(make, TensorDataset(x, y), val=TensorDataset(x[:100], y[:100]), epoc
 """
 
 
+@pytest.mark.slow
 def test_an_api_run_killed_at_random_points_resumes_bitwise(tmp_path):
     script = tmp_path / "train.py"
     script.write_text(textwrap.dedent(SCRIPT))

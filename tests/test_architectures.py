@@ -32,6 +32,7 @@ def real_batch(folder, n=64) -> tuple[torch.Tensor, torch.Tensor]:
     return Preprocess(data, False)(test.x[:n]), test.y[:n]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", sorted(MODELS))
 def test_architecture_through_the_pipeline(arch, tiny_fmnist, tmp_path, capsys):
     run = twinsnn.fit(arch, config="fmnist-cpu", progress=False, out_dir=str(tmp_path),

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import slow_when_compiled
 from twinsnn.analysis import firing_rates
 from twinsnn.config import ModelConfig
 from twinsnn.distributed import SyncedBatchNorm
@@ -28,7 +29,7 @@ def _unfused(x_tb, norm, surrogate, kernel="eager"):
     return lif(current, 0.5, 1.0, SURROGATES[surrogate], kernel)
 
 
-@pytest.mark.parametrize("kernel", ["eager", "compiled"])
+@pytest.mark.parametrize("kernel", slow_when_compiled(["eager", "compiled"]))
 @pytest.mark.parametrize("shape, channels_last", [((4, 6, 5, 3, 3), False),
                                                    ((4, 6, 5, 3, 3), True), ((4, 6, 5), False)],
                          ids=["conv", "conv-channels-last", "fc"])
@@ -112,6 +113,7 @@ def test_a_norm_that_is_not_fused_runs_before_the_neuron(norm, fuse_norm):
     assert torch.equal(LIF(fuse_norm=fuse_norm)(x, norm), expected)
 
 
+@pytest.mark.slow
 def test_fused_network_fires_and_learns_as_the_unfused_one():
     """A whole CIFARNet: the same logits, gradients and firing rates (read by forward hooks on
     the neurons, which fire on the fused path as well)."""
@@ -133,6 +135,7 @@ def test_fused_network_fires_and_learns_as_the_unfused_one():
         torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("training", [True, False])
 def test_the_norm_is_fused_in_training_only(training):
     # in evaluation the norm module runs, then the neurons: bit for bit an exported graph

@@ -109,6 +109,7 @@ def test_registry_entries():
         assert source.AUGMENTATION == "crop_flip"
 
 
+@pytest.mark.slow
 def test_cifar10_full_size_archive(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     labels = {name: rng.integers(0, 10, 10000).tolist()
@@ -133,6 +134,7 @@ def test_cifar10_full_size_archive(tmp_path, monkeypatch):
     assert bool((train.x[:, 1, 0, 0] == 7).all())  # byte 1024 is green (0, 0)
 
 
+@pytest.mark.slow
 def test_cifar100_uses_fine_labels(tmp_path, monkeypatch):
     rng = np.random.default_rng(1)
     fine = {"train": rng.integers(0, 100, 50000).tolist(),

@@ -80,7 +80,7 @@ def test_a_short_training_run_on_real_images_lowers_the_loss(real_slice, tmp_pat
                       progress=False)
     losses = [m["train_loss"] for m in run.metrics]
     assert losses[2] < losses[1] < losses[0], losses
-    assert run.metrics[-1]["val_acc/0"] > 0.15  # chance: 0.10
+    assert run.metrics[-1]["val_accuracy/0"] > 0.15  # chance: 0.10
 
 
 def test_the_whole_copy_as_cifar10_jpeg(cifar10_jpeg, cifar10_jpeg_home, monkeypatch, capsys):

@@ -47,6 +47,7 @@ def assert_one_line_error(proc, *fragments):
         assert f in lines[0], lines[0]
 
 
+@pytest.mark.slow
 def test_help_explains_the_commands(tmp_path):
     out = twinsnn("--help", cwd=tmp_path, check_rc=0).stdout
     for word in ("train", "eval", "predict", "data", "export", "sweep", "plot", "config show",
@@ -96,6 +97,7 @@ HOSTILE = ["-1", "0", "1e308", "-1e-308", "nan", "inf", "''", "[1, 2]", "{a: 1}"
            "99999999999999999999999", "x" * 300, "~", "!!python/object:os.system 'ls'"]
 
 
+@pytest.mark.slow
 def test_no_value_of_any_key_is_a_traceback(capsys):
     from twinsnn.config import leaf_keys
     for key in leaf_keys():
@@ -154,6 +156,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, args, f
     assert_one_line_error(cli(capsys, *args), *fragments)
 
 
+@pytest.mark.slow
 def test_a_reader_that_goes_away_ends_the_output_quietly(tmp_path):
     # `twinsnn presets | head -0`: the pipe's reading end closed before a byte is read
     read, write = os.pipe()
@@ -166,6 +169,7 @@ def test_a_reader_that_goes_away_ends_the_output_quietly(tmp_path):
     os.close(write)
 
 
+@pytest.mark.slow
 def test_a_bad_value_through_a_real_process_is_one_line(tmp_path):
     assert_one_line_error(twinsnn("train", "--set", "train.lr=0", cwd=tmp_path),
                           "train.lr must be positive")
@@ -193,6 +197,7 @@ def test_unreadable_checkpoint(tmp_path, capsys):
     assert_one_line_error(cli(capsys, "eval", bad_model), "model.safetensors")
 
 
+@pytest.mark.slow
 def test_train_then_eval_end_to_end(tmp_path, tiny_fmnist, capsys):
     runs = tmp_path / "runs"
     twinsnn("train", "--data-dir", tiny_fmnist, *TINY, "--set", "epochs=2", "--name", "smoke",
@@ -200,7 +205,7 @@ def test_train_then_eval_end_to_end(tmp_path, tiny_fmnist, capsys):
     run = runs / "smoke"
     metrics = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [0, 1]
-    assert {"train_loss", "val_acc/0", "lr", "epoch_time_s", "firing_rates"} <= set(metrics[0])
+    assert {"train_loss", "val_accuracy/0", "lr", "epoch_time_s", "firing_rates"} <= set(metrics[0])
     assert set(metrics[0]["firing_rates"]) == {f"convs.{i}" for i in range(5)} | {"fcs.0", "fcs.1"}
     info = json.loads((run / "run.json").read_text())
     assert info["torch_version"] == torch.__version__ and info["member_seeds"] == [0]
@@ -234,6 +239,7 @@ def _final_weights(run: Path) -> dict:
     return load_file(str(run / "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_points_then_resume_is_bitwise_identical(tmp_path, tiny_fmnist):
     """Killed three times at seeded random moments (start-up, a step, evaluation or a
     checkpoint write), resumed each time: the end result equals the uninterrupted run."""

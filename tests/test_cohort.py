@@ -1,7 +1,6 @@
 """Cohorts (TNA) and KD through the real training loop, on a tiny Fashion-MNIST-format set."""
 import functools
 import json
-from functools import partial
 from pathlib import Path
 
 import pytest
@@ -10,16 +9,13 @@ from safetensors.torch import load_file
 
 from twinsnn.api import fit
 from twinsnn.checkpoint import load_checkpoint, load_model
-from twinsnn.cohort import build_cohort
 from twinsnn.config import load_config
 from twinsnn.data import build_data
 from twinsnn.data.feeds import TensorFeed
 from twinsnn.data.transforms import Preprocess
 from twinsnn.inference import evaluate_file
-from twinsnn.strategies import from_config as strategy_from_config
 from twinsnn.models import build_model
-from twinsnn.run import RunFolder, StopSignal
-from twinsnn.train import Training, train_one_epoch, train_step
+from twinsnn.train import Parts, build_trainer, train_one_epoch
 
 
 def builtin(cfg, data):
@@ -35,10 +31,11 @@ def tiny_cfg(folder, out, **extra):
     return load_config("fmnist-cpu", sets)
 
 
+@pytest.mark.slow
 def test_tna_run_keeps_every_member_but_ships_the_base(tiny_fmnist, tmp_path):
     cfg = tiny_cfg(tiny_fmnist, tmp_path, name="tna", strategy="tna", members=3, alpha=1e-3)
     record = fit(config=cfg, progress=False).record
-    assert {"val_acc/0", "val_acc/1", "val_acc/2", "train_match", "train_agreement"} <= set(record)
+    assert {"val_accuracy/0", "val_accuracy/1", "val_accuracy/2", "train_match", "train_agreement"} <= set(record)
     state = load_checkpoint(tmp_path / "tna" / "checkpoint.pt")
     assert len(state["members"]) == 3
     info = json.loads((tmp_path / "tna" / "run.json").read_text())
@@ -54,8 +51,7 @@ def test_tna_run_keeps_every_member_but_ships_the_base(tiny_fmnist, tmp_path):
 def test_members_draw_independent_inits_and_dropout_masks(tiny_fmnist, tmp_path):
     cfg = tiny_cfg(tiny_fmnist, tmp_path, strategy="tna", members=2)
     data = build_data(cfg.data, cfg.model.timesteps)
-    cohort = build_cohort(cfg, builtin(cfg, data), strategy_from_config(cfg.loss),
-                          torch.device("cpu"))
+    cohort = build_trainer(cfg, Parts(builtin(cfg, data))).cohort
     a, b = cohort.members
     assert not torch.equal(a.convs[1].synapse.weight, b.convs[1].synapse.weight)
     masks = []
@@ -66,6 +62,7 @@ def test_members_draw_independent_inits_and_dropout_masks(tiny_fmnist, tmp_path)
     assert masks[0].any() and not torch.equal(masks[0], masks[1])
 
 
+@pytest.mark.slow
 def test_kd_teacher_is_frozen_and_unchanged(tiny_fmnist, tmp_path):
     fit(config=tiny_cfg(tiny_fmnist, tmp_path, name="teacher"), progress=False)
     teacher_file = tmp_path / "teacher" / "model.safetensors"
@@ -73,15 +70,13 @@ def test_kd_teacher_is_frozen_and_unchanged(tiny_fmnist, tmp_path):
         cfg = tiny_cfg(tiny_fmnist, tmp_path, strategy=strategy, teacher=str(teacher_file),
                        alpha=1e-2)
         data = build_data(cfg.data, cfg.model.timesteps)
-        strat = strategy_from_config(cfg.loss)
-        teacher = load_model(teacher_file)[0]
-        cohort = build_cohort(cfg, builtin(cfg, data), strat, torch.device("cpu"), teacher)
+        feed = TensorFeed(data.train, Preprocess(data, True), torch.device("cpu"))
+        t = build_trainer(cfg, Parts(builtin(cfg, data), feed,
+                                     teacher=load_model(teacher_file)[0]))
+        cohort = t.cohort
         before = {k: v.clone() for k, v in cohort.teacher.state_dict().items()}
         student_before = cohort.members[0].convs[1].synapse.weight.clone()
-        with StopSignal() as stop:
-            feed = TensorFeed(data.train, Preprocess(data, True), torch.device("cpu"))
-            stats = train_one_epoch(Training(cfg, cohort, strat, feed, {}, RunFolder(cfg), stop,
-                                             partial(train_step, cohort, strat), False), 0)
+        stats = train_one_epoch(t, 0)
         after = cohort.teacher.state_dict()
         assert all(torch.equal(before[k], after[k]) for k in before)  # BN stats too: eval mode
         assert all(p.grad is None for p in cohort.teacher.parameters())
@@ -89,6 +84,7 @@ def test_kd_teacher_is_frozen_and_unchanged(tiny_fmnist, tmp_path):
         assert ("train_ce/0" in stats) == (strategy == "kd+ce")
 
 
+@pytest.mark.slow
 def test_kd_teacher_must_match_the_student(tiny_fmnist, tmp_path):
     fit(config=tiny_cfg(tiny_fmnist, tmp_path, name="teacher"), progress=False)
     cfg = tiny_cfg(tiny_fmnist, tmp_path, strategy="kd", width=0.125,

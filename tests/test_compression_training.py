@@ -8,7 +8,6 @@ import torch
 from twinsnn.checkpoint import load_checkpoint
 from twinsnn.cli import main
 from twinsnn.config import load_config
-from twinsnn.data import fashion_mnist
 from twinsnn.errors import ConfigError
 from twinsnn.inference import evaluate_file
 from twinsnn.packed import size_report
@@ -23,6 +22,7 @@ def cfg_for(folder, out, **extra):
     return load_config("fmnist-cpu", sets)
 
 
+@pytest.mark.slow
 def test_only_the_base_is_compressed_and_only_from_start_epoch(tiny_fmnist, tmp_path):
     cfg = cfg_for(tiny_fmnist, tmp_path, name="tna-t", strategy="tna", **{"quant.lr_at_switch": 0.002})
     fit(config=cfg, progress=False)
@@ -43,6 +43,7 @@ def _drop_times(path):
             for l in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["ternary", "binary"])
 def test_branching_a_full_precision_run_at_the_switch_equals_the_straight_run(tiny_fmnist, tmp_path, mode):
     straight = cfg_for(tiny_fmnist, tmp_path, name="straight", **{"quant.mode": mode})
@@ -64,6 +65,7 @@ def test_branching_a_full_precision_run_at_the_switch_equals_the_straight_run(ti
     assert info["branched_from"]["epochs_done"] == 1 and info["branched_from"]["name"] == "fp"
 
 
+@pytest.mark.slow
 def test_resume_across_the_switch(tiny_fmnist, tmp_path):
     straight = cfg_for(tiny_fmnist, tmp_path, name="straight")
     fit(config=straight, progress=False)
@@ -79,6 +81,7 @@ def test_resume_across_the_switch(tiny_fmnist, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change, message", [
     ({"train.lr": 0.001}, "other values of train.lr"),
     ({"epochs": 1}, "raise train.epochs"),
@@ -92,7 +95,8 @@ def test_branching_refuses_what_would_not_equal_a_straight_run(tiny_fmnist, tmp_
     assert not (tmp_path / "branch").exists()
 
 
-@pytest.mark.skipif(fashion_mnist.locate(None) is None, reason="real Fashion-MNIST not installed")
+@pytest.mark.slow
+@pytest.mark.fmnist
 def test_packed_model_matches_training_evaluation_on_real_fashion_mnist(tmp_path, capsys):
     """On the validation split: 500 real images, where the 10,000 of the test split would
     take most of the suite's time to evaluate twice."""
@@ -109,6 +113,7 @@ def test_packed_model_matches_training_evaluation_on_real_fashion_mnist(tmp_path
             assert row.bits <= 2.1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("before,after", [(0.0, 1e-2), (1e-4, 1e-2)])
 def test_matching_weight_changes_at_the_switch(tiny_fmnist, tmp_path, before, after):
     """Late matching (0 before the switch) and a raised weight: each epoch's weighted term is

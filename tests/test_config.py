@@ -1,5 +1,6 @@
 import pytest
 
+from twinsnn.choices import check_choices
 from twinsnn.config import (Config, dump_yaml, from_flat, from_record, load_config, preset_names,
                             read_yaml, resolve_key, to_flat)
 from twinsnn.errors import ConfigError
@@ -7,7 +8,7 @@ from twinsnn.errors import ConfigError
 
 def test_presets_load_and_round_trip(tmp_path):
     for name in preset_names():
-        cfg = load_config(name)
+        cfg = check_choices(load_config(name))
         assert from_flat(to_flat(cfg)) == cfg
         path = tmp_path / f"{name}.yaml"
         path.write_text(dump_yaml(cfg))
@@ -26,15 +27,31 @@ def test_overrides_short_and_dotted_keys():
     ("train.lr=-0.1", "must be positive"),
     ("batch_size=0", "must be positive"),
     ("batch_size=2.5", "must be int"),
-    ("strategy=magic", "must be one of single, tna, kd, kd\\+ce"),
     ("model.dropout=1.0", "dropout"),
     ("model.decay=1.5", "\\[0, 1\\]"),
     ("noequals", "key=value"),
-    ("precision=fp16", "must be one of fp32, bf16"),
 ])
 def test_bad_values_are_rejected_with_the_choices(override, match):
     with pytest.raises(ConfigError, match=match):
         load_config("fmnist-cpu", [override])
+
+
+@pytest.mark.parametrize("override,match", [
+    ("strategy=magic", "loss.strategy must be one of single, tna, kd, kd\\+ce, dml; got 'magic'$"),
+    ("precision=fp16", "train.precision must be one of fp32, bf16; got 'fp16' "
+                       "\\(did you mean bf16\\?\\)"),
+    ("arch=cifarnett", "model.arch must be one of .*; got 'cifarnett' \\(did you mean "
+                       "cifarnet\\?\\)"),
+    ("data.name=fashion", "data.name must be one of fashion-mnist, .*did you mean fashion-mnist"),
+    ("surrogate=nope", "model.surrogate must be one of boxcar, atan, sigmoid"),
+    ("delta_per=channel", "quant.delta_per=channel needs quant.delta_rule=mean_abs"),
+])
+def test_names_are_checked_against_what_is_registered(override, match):
+    """A config reads without its names checked (config imports no registry); whoever builds
+    from it checks them against the registries (``check_choices``; ``fit`` does)."""
+    cfg = load_config("fmnist-cpu", [override])
+    with pytest.raises(ConfigError, match=match):
+        check_choices(cfg)
 
 
 def test_unknown_preset_lists_presets():
@@ -87,6 +104,26 @@ def test_a_model_registered_after_the_first_config_is_accepted(monkeypatch):
     from twinsnn.models import MODELS, build_model, cifarnet
     load_config("fmnist-cpu")  # configs were parsed before the registration
     monkeypatch.setitem(MODELS, "mine", lambda *a: cifarnet(*a))
-    cfg = load_config("fmnist-cpu", ["model.arch=mine", "width=0.0625"])
+    cfg = check_choices(load_config("fmnist-cpu", ["model.arch=mine", "width=0.0625"]))
     net = build_model(cfg.model, 10, 1, (28, 28))
     assert net(torch.zeros(1, 1, 28, 28)).shape == (5, 1, 10)
+
+
+def test_a_neuron_registered_after_the_first_config_is_accepted(monkeypatch):
+    import torch
+
+    from twinsnn.models import build_model
+    from twinsnn.neurons import LIF, NEURONS
+    cfg = load_config("fmnist-cpu", ["width=0.0625"])  # parsed before the registration
+    monkeypatch.setitem(NEURONS, "mine", LIF)
+    cfg = check_choices(from_flat({**to_flat(cfg), "model.neuron": "mine"}))
+    net = build_model(cfg.model, 10, 1, (28, 28))
+    assert net(torch.zeros(1, 1, 28, 28)).shape == (5, 1, 10)
+
+
+def test_the_config_module_imports_nothing_it_names():
+    """Reading a config needs no data set, model, neuron, loss, quantizer or runtime module:
+    config.py imports none of the package's modules but its errors."""
+    from test_layout import imports
+
+    assert imports()["twinsnn.config"] == {"twinsnn.errors"}

@@ -33,6 +33,7 @@ def metrics(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_cifar10_cpu_run_end_to_end(tmp_path, cifar10_dir, capsys):
     # the test set is fixed at 10,000 images, too many to evaluate in a short test: the run
     # and the evaluation use the validation split (the DVS run covers the test split)
@@ -48,7 +49,7 @@ def test_cifar10_cpu_run_end_to_end(tmp_path, cifar10_dir, capsys):
     report = json.loads(cli(capsys, "eval", run / "model.safetensors", "--split", "val",
                             "--json").stdout)
     assert report["data"] == "cifar10" and report["samples"] == 32
-    assert report["accuracy"] == last["val_acc/0"]
+    assert report["accuracy"] == last["val_accuracy/0"]
 
 
 def test_cifar10_wrong_checksum_is_one_line(tmp_path, cifar10_dir, capsys):
@@ -58,6 +59,7 @@ def test_cifar10_wrong_checksum_is_one_line(tmp_path, cifar10_dir, capsys):
     assert not (tmp_path / "runs" / "cifar10-cpu" / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow
 def test_data_check_reports_the_mismatch(tmp_path, cifar10_dir, capsys):
     proc = cli(capsys, "data", "check", "cifar10", "--data-dir", cifar10_dir)
     assert proc.returncode == 2
@@ -69,6 +71,7 @@ def test_data_check_reports_the_mismatch(tmp_path, cifar10_dir, capsys):
     assert "cifar-100-python.tar.gz" in proc.stdout
 
 
+@pytest.mark.slow
 def test_cifar10_dvs_cpu_run_end_to_end(tmp_path, capsys):
     root = make_dataset(tmp_path / "data" / "CIFAR10-DVS")  # 10 recordings per class
     data_dir = tmp_path / "data"
@@ -84,7 +87,7 @@ def test_cifar10_dvs_cpu_run_end_to_end(tmp_path, capsys):
     assert [str(p) for p in (root / "cache").glob("*.bin")] == [split["cache_file"]]
     report = json.loads(cli(capsys, "eval", run / "model.safetensors", "--json").stdout)
     assert report["data"] == "cifar10-dvs" and report["samples"] == 10
-    assert report["accuracy"] == last["test_acc/0"]
+    assert report["accuracy"] == last["test_accuracy/0"]
     check = cli(capsys, "data", "check", "cifar10-dvs", "--data-dir", data_dir)
     assert check.returncode == 0
     out = check.stdout

@@ -47,30 +47,29 @@ def train_steps(data_dir, dtype=torch.float64) -> dict:
     member's gradients at the first and the statistics of epoch 1."""
     import functools
 
-    from twinsnn.cohort import build_cohort, derive_seed
+    from twinsnn.cohort import derive_seed
     from twinsnn.data import build_data
     from twinsnn.data.feeds import TensorFeed
     from twinsnn.data.transforms import Preprocess
     from twinsnn.models import build_model
     from twinsnn.distributed import join, leave, synchronize_batchnorm
-    from twinsnn.strategies import from_config as strategy_from_config
-    from twinsnn.run import RunFolder, StopSignal
-    from twinsnn.train import Training, train_one_epoch, train_step
+    from twinsnn.train import Parts, build_trainer, train_one_epoch
 
     torch.set_num_threads(1)
     cfg, cpu = config(data_dir), torch.device("cpu")
     world = join(cpu)
     data = build_data(cfg.data, cfg.model.timesteps)
-    strategy = strategy_from_config(cfg.loss)
     factory = functools.partial(build_model, cfg.model, data.num_classes, data.in_channels,
                                 data.image_size)
-    cohort = build_cohort(cfg, factory, strategy, cpu)
+    preprocess = Preprocess(data, True, cfg.train.channels_last)
+    feed = TensorFeed(data.train, lambda x, g=None: preprocess(x, g).to(dtype), cpu)
+    t = build_trainer(cfg, Parts(factory, feed), world=world)
+    cohort, strategy = t.cohort, t.strategy
     for member in cohort.members:
         member.to(dtype)  # in place: the optimizer keeps its parameters
     if world.active:
         synchronize_batchnorm(cohort.members, cpu)
         cohort.parallel = world.parallel(cohort.members, cpu)
-    preprocess = Preprocess(data, True, cfg.train.channels_last)
     bs, seed = cfg.train.batch_size, cfg.train.seed
     order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(
         derive_seed(seed, 0, "order")))
@@ -83,19 +82,17 @@ def train_steps(data_dir, dtype=torch.float64) -> dict:
         share = None
         if world.active:
             x, y, share = world.shard(cohort.members, x, y)
-        _, parts, _ = train_step(cohort, strategy, x, y, share)
+        _, parts, _ = t.step(x, y, share)
         names = ("ce/0", "ce/1", "match")
         losses.append(world.sum(torch.stack([parts[k].detach() for k in names])).tolist())
         if step == 0:
             grads = [[p.grad.clone() for p in m.parameters()] for m in cohort.members]
-    feed = TensorFeed(data.train, lambda x, g=None: preprocess(x, g).to(dtype), cpu)
-    t = Training(cfg, cohort, strategy, feed, {}, RunFolder(cfg, writer=False), StopSignal(),
-                 functools.partial(train_step, cohort, strategy), False, world)
     stats = train_one_epoch(t, 1)
     leave(world, cohort)
     return {"losses": losses, "grads": grads, "epoch": stats}
 
 
+@pytest.mark.slow
 def test_two_ranks_equal_one_process(tmp_path, tiny_fmnist):
     """torchrun with 2 ranks against one process (one test: the ranks run once however the
     suite is spread over workers). First-step gradients of base and twin; the losses of 20
@@ -120,7 +117,7 @@ def test_two_ranks_equal_one_process(tmp_path, tiny_fmnist):
     assert epoch2.keys() == epoch1.keys()
     for key in epoch1.keys() - {"samples_per_s"}:
         assert epoch2[key] == pytest.approx(epoch1[key], rel=1e-6), key
-    assert epoch1["train_acc/0"] * 160 == pytest.approx(round(epoch1["train_acc/0"] * 160))
+    assert epoch1["train_accuracy/0"] * 160 == pytest.approx(round(epoch1["train_accuracy/0"] * 160))
 
 
 def _descendants(pid: int) -> list[int]:
@@ -146,6 +143,7 @@ def tna_train_args(data_dir, runs) -> list:
             "--name", "ddp", "--quiet"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", sorted(MODELS))
 def test_two_process_run_ends_cleanly_across_the_compression_switch(tmp_path, tiny_fmnist,
                                                                     arch):
@@ -166,6 +164,7 @@ def test_two_process_run_ends_cleanly_across_the_compression_switch(tmp_path, ti
     assert [(m["epoch"], m["compressed"]) for m in metrics] == [(0, False), (1, True), (2, True)]
 
 
+@pytest.mark.slow
 def test_killed_two_process_run_resumes_in_one_process(tmp_path, tiny_fmnist):
     """torchrun with 2 processes, killed once it has written a checkpoint, resumed by one
     process: every epoch logged once, the model written."""

@@ -168,6 +168,7 @@ def _public_names_and_commands() -> tuple[list[str], list[str]]:
     return names, progs
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(any(importlib.util.find_spec(m) is None
                         for m in ("mkdocs", "material", "mkdocstrings_handlers")),
                     reason="the docs extra (mkdocs, mkdocs-material, mkdocstrings[python]) "
@@ -185,8 +186,8 @@ def test_site_builds_strictly_with_every_public_name_and_command(tmp_path):
     cli = (site / "cli" / "index.html").read_text(encoding="utf-8")
     absent = [p for p in progs if f'id="{slugify(p)}"' not in cli]
     assert not absent, f"not on the CLI page: {absent}"
-    for module in ("structure", "models", "quant", "losses", "neurons", "packed", "nir",
-                   "integer"):
+    for module in ("structure", "models", "quant", "losses", "neurons", "formats", "packed",
+                   "nir", "portable", "integer"):
         assert f'id="twinsnn.{module}' in (site / "api" / module / "index.html").read_text(
             encoding="utf-8"), module
     assert (site / "runs" / "seeds" / "index.html").exists()  # a record folder's listing

@@ -147,6 +147,7 @@ CACHE_WRITE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["killed", "write_error"])
 def test_failed_cache_write_leaves_no_trusted_cache(dvs_root, tmp_path, how):
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}

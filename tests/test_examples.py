@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from twinsnn.data import fashion_mnist
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 NEEDS = {"spikingjelly_tna.py": "spikingjelly", "snntorch_tna.py": "snntorch", "cnn_tna.py": None}
 
 
-@pytest.mark.skipif(fashion_mnist.locate(None) is None, reason="real Fashion-MNIST not installed")
+@pytest.mark.slow
+@pytest.mark.fmnist
 @pytest.mark.parametrize("script", sorted(NEEDS))
 def test_example_trains_and_reloads(script, tmp_path):
     if NEEDS[script] and importlib.util.find_spec(NEEDS[script]) is None:

@@ -95,7 +95,8 @@ def test_normalize_per_channel():
     assert out[0, 0].unique().tolist() == [2.0] and out[0, 1].unique().tolist() == [0.0]
 
 
-@pytest.mark.skipif(fashion_mnist.locate(None) is None, reason="real Fashion-MNIST not installed")
+@pytest.mark.slow
+@pytest.mark.fmnist
 def test_real_fashion_mnist_checksums_and_sizes():
     cfg = DataConfig(val_size=5000)
     data = build_data(cfg, timesteps=5)

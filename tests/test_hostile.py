@@ -175,6 +175,7 @@ def _seeds_before_any_deadline():
 
 # ---- property-based: every reader, mutated files --------------------------------------
 
+@pytest.mark.slow
 @FUZZ
 @given(data=st.data())
 def test_idx_bytes(data):
@@ -185,6 +186,7 @@ def test_idx_bytes(data):
     assert peak < bound(raw)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(data=st.data())
 def test_idx_gz_files(workdir, data):
@@ -198,6 +200,7 @@ def test_idx_gz_files(workdir, data):
     assert peak < bound(raw)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(data=st.data())
 def test_cifar_batch_pickles(data):
@@ -208,6 +211,7 @@ def test_cifar_batch_pickles(data):
     assert peak < bound(raw)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(data=st.data())
 def test_cifar_archives(workdir, data):
@@ -220,6 +224,7 @@ def test_cifar_archives(workdir, data):
     assert peak < bound(raw)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(data=st.data())
 def test_aedat_recordings(workdir, data):
@@ -238,6 +243,7 @@ def test_aedat_recordings(workdir, data):
     assert peak < bound(raw)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["checkpoint.pt", "model.safetensors", "model.tnn"])
 @FUZZ
 @given(data=st.data())
@@ -264,6 +270,7 @@ yaml_documents = st.dictionaries(
     max_size=4).map(lambda tree: yaml.safe_dump(tree).encode())
 
 
+@pytest.mark.slow
 @FUZZ
 @given(data=st.data())
 def test_yaml_configs(workdir, data):
@@ -306,6 +313,7 @@ def _array_pickle(count: int, dtype: bytes, flags: int, contents: bytes) -> byte
             + struct.pack("<i", flags) + b"tb\x89" + contents + b"tbs.")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("raw", [
     b"\x80\x02}r\x00\x00\x00\x80.",  # memo slot 2**31: the C unpickler would size its memo to it
     _array_pickle(10**9, b"O8", 63, b"]"),  # object array: numpy allocates before checking
@@ -381,6 +389,7 @@ MEMORY_PROBE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_untrusted_models_are_sized_before_they_are_built(tmp_path):
     """Files describing a network of ~150 GB, or inflating 1000-fold, are refused without
     the memory: measured in a fresh process, whose peak memory is not yet inflated."""

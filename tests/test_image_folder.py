@@ -292,10 +292,7 @@ def test_datasets_fit_and_predict_through_the_api(folder, tmp_path, monkeypatch)
     assert meta["classes"] == list(CLASSES) and meta["data_path"] == str(archive)
     image = tmp_path / "bee.png"
     Image.fromarray(pixels(1, 0)).resize((16, 12)).save(image)  # another size: resized
-    from twinsnn.classify import classify
-    from twinsnn.inference import load_network
-    model, file_meta = load_network(run.dir / "model.safetensors")
-    [row] = classify(model, file_meta, [image])
+    [row] = twinsnn.classify_images(twinsnn.load(run.dir / "model.safetensors"), [image])
     assert row["name"] == CLASSES[row["class"]]
 
 

@@ -1,15 +1,19 @@
 """Eq. 1 (LIF with hard reset), the surrogates (eq. 4's boxcar, atan, sigmoid) and the three
-LIF kernels, on hand-made tensors."""
+LIF kernels, on hand-made tensors; every registered neuron against the neuron protocol."""
+import copy
 import math
 
 import pytest
 import torch
+from torch import nn
 
+from conftest import slow_when_compiled
 from twinsnn.config import ModelConfig
 from twinsnn.errors import ConfigError
+from twinsnn.layers import over_time
 from twinsnn.models import cifarnet
-from twinsnn.neurons import (KERNELS, LIF, SURROGATES, atan, boxcar, lif, lif_step, set_kernel,
-                             sigmoid)
+from twinsnn.neurons import (KERNELS, LIF, NEURONS, SURROGATES, Eq1, Neuron, atan, boxcar, lif,
+                             lif_step, reset_states, set_kernel, sigmoid)
 
 # The smooth steps whose derivatives the surrogates are (SpikingJelly's primitive functions,
 # alpha 2 and 4), and the ramp whose slope is the boxcar.
@@ -60,7 +64,7 @@ def test_unknown_surrogate_lists_the_registered_ones():
         LIF(surrogate="triangle")
 
 
-@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("kernel", slow_when_compiled(KERNELS))
 def test_eq1_hand_computed_sequence(kernel):
     # I = 0.6 each step, a = 0.5, theta = 1:
     # u = 0.6, 0.9, 1.05 (spike), reset -> 0.6, 0.9
@@ -101,7 +105,7 @@ def test_gradient_hand_computed_two_steps(kernel):
 
 
 @pytest.mark.parametrize("surrogate", sorted(SURROGATES))
-@pytest.mark.parametrize("kernel", ["eager", "compiled"])
+@pytest.mark.parametrize("kernel", slow_when_compiled(["eager", "compiled"]))
 def test_fused_kernels_match_the_stepwise_reference(kernel, surrogate):
     """Outputs equal and gradients close for every kernel and surrogate, channels-last input
     included (the kernels see it in memory order)."""
@@ -175,3 +179,112 @@ def test_relu_unit_is_max_zero_of_the_normalized_current():
     norm = nn.BatchNorm1d(3).eval()
     norm.running_mean.fill_(1.0)
     assert torch.equal(unit(x, norm), torch.relu(x - 1.0) / (1.0 + norm.eps) ** 0.5)
+
+
+# ---- every registered neuron keeps the protocol (neurons.Neuron) ------------------------
+
+def _registered(name: str, **kwargs) -> nn.Module:
+    """A neuron of the registry built as ``models.blocks`` builds them."""
+    return NEURONS[name](decay=0.5, threshold=1.0, surrogate="boxcar", **kwargs).double()
+
+
+def _bn(channels: int) -> nn.Module:
+    norm = nn.BatchNorm2d(channels)
+    with torch.no_grad():  # away from the init so that both affine terms matter
+        norm.weight.uniform_(0.5, 2.0)
+        norm.bias.uniform_(-0.5, 1.0)
+    return norm.double()
+
+
+@pytest.mark.parametrize("name", sorted(NEURONS))
+def test_a_registered_neuron_keeps_the_protocol(name):
+    neuron = _registered(name)
+    assert isinstance(neuron, Neuron)
+    net = nn.Sequential(neuron)
+    set_kernel(net, "reference", fuse_norm=True)
+    assert (neuron.kernel, neuron.fuse_norm) == ("reference", True)
+    x = torch.rand(3, 2, 4, dtype=torch.float64) * 2
+    assert neuron(x).shape == x.shape and neuron(x, nn.Identity()).shape == x.shape
+    if isinstance(neuron, Eq1):  # what the exports read
+        assert float(neuron.v_reset) == 0.0 and 0 <= neuron.decay <= 1
+
+
+@pytest.mark.parametrize("kernel", slow_when_compiled(KERNELS))
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("name", sorted(NEURONS))
+def test_a_registered_neuron_gives_the_same_with_its_norm_fused_or_not(name, training, kernel):
+    """``forward(x, norm)`` with ``fuse_norm`` on or off, and the norm run before the neuron:
+    the same outputs, the same gradients of x and of the norm's affine terms, the same
+    running statistics (float64), in training and in evaluation."""
+    torch.manual_seed(0)
+    shape = (3, 4, 5, 3, 3)  # [T, B, C, H, W]
+    x0 = torch.randn(*shape, dtype=torch.float64) * 1.5 + 0.3
+    weights = torch.randn(*shape, dtype=torch.float64)
+    norm0 = _bn(shape[2]).train(training)
+    results = []
+    for fuse, outside in ((True, False), (False, False), (False, True)):
+        neuron, norm = _registered(name, kernel=kernel, fuse_norm=fuse), copy.deepcopy(norm0)
+        x = x0.clone().requires_grad_()
+        out = neuron(over_time(norm, x)) if outside else neuron(x, norm)
+        (out * weights).sum().backward()
+        results.append([out, x.grad, norm.weight.grad, norm.bias.grad, *norm.buffers()])
+    fused, unfused, before = results
+    assert 0 < fused[0].abs().mean()
+    for other in (unfused, before):
+        for ours, theirs in zip(fused, other):
+            torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kernel", slow_when_compiled(KERNELS))
+@pytest.mark.parametrize("name", sorted(NEURONS))
+def test_a_registered_neuron_keeps_no_state_between_forwards(name, kernel):
+    """A forward is a whole sequence from rest: after another input (or a reset), the same
+    input gives the same output as in a fresh neuron; and ``reset_states`` leaves it so."""
+    torch.manual_seed(1)
+    x, other = torch.randn(2, 4, 3, 6, dtype=torch.float64) * 2 + 0.5
+    neuron = _registered(name, kernel=kernel)
+    first = neuron(x)
+    neuron(other)
+    assert torch.equal(neuron(x), first)
+    reset_states(nn.Sequential(neuron))
+    assert torch.equal(neuron(x), first)
+    assert torch.equal(_registered(name, kernel=kernel)(x), first)
+    assert not list(neuron.buffers())
+
+
+class Leaky(LIF):
+    """A neuron class of one's own that runs eq. 1 (it says so: decay, threshold, v_reset)."""
+
+
+def test_exports_read_what_a_neuron_does_not_its_class(spread_net):
+    """NIR export and integer inference take any neuron that runs eq. 1 with its hard reset
+    (``neurons.Eq1``), with the same numbers as a ``LIF``; they refuse one that does not (the
+    ReLU unit), or that resets elsewhere, naming the layer."""
+    from twinsnn.integer import integer_model
+    from twinsnn.models import model_spec
+    from twinsnn.nir import to_graph
+    from twinsnn.structure import layers
+
+    net = spread_net()
+    meta = {"model": model_spec(ModelConfig(width=0.125), 10, 1, (28, 28))}
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        want = integer_model(net)(x)
+    for node in layers(net):
+        node.module.neuron = Leaky(node.module.neuron.decay, node.module.neuron.threshold)
+    with torch.no_grad():
+        assert torch.equal(integer_model(net)(x), want)
+    to_graph(net, meta)
+    last = layers(net)[-1]
+    last.module.neuron.v_reset = 0.5
+    for export, message in ((integer_model, "integer inference"),
+                            (lambda n: to_graph(n, meta), "NIR export")):
+        with pytest.raises(ConfigError, match=f"{message} needs the hard reset to 0 of eq. 1; "
+                                              f"layer {last.name} resets to 0.5"):
+            export(net)
+    last.module.neuron = NEURONS["relu"]()
+    for export, message in ((integer_model, "integer inference"),
+                            (lambda n: to_graph(n, meta), "NIR export")):
+        with pytest.raises(ConfigError, match=f"{message} needs neurons of eq. 1 .* layer "
+                                              f"{last.name} has ReLU"):
+            export(net)

@@ -106,17 +106,17 @@ def test_native_spikingjelly_neuron_fires_as_eq1_with_the_atan_gradient(net_and_
 def test_peers_step_through_train_step(net_and_batch, name):
     """The benchmark times every implementation with the library's step."""
     need(name.split(":")[0])
-    from twinsnn.cohort import Cohort
-    from twinsnn.strategies import Single
-    from twinsnn.train import train_step
+    from twinsnn.config import load_config
+    from twinsnn.train import Parts, build_trainer
 
     net, x, y = net_and_batch
     peer = peers.PEERS[name](net).double().train()
     if name.endswith(":native"):  # its kernels take float32
         peer, x = peer.float(), x.float()
-    optimizer = torch.optim.Adam(peer.parameters(), lr=1e-3)
-    cohort = Cohort([peer], optimizer, torch.optim.lr_scheduler.StepLR(optimizer, 1))
+    cfg = load_config(None, {"train.device": "cpu", "train.lr": 1e-3,
+                             "train.channels_last": False})
+    step = build_trainer(cfg, Parts(lambda: peer)).step
     before = [p.detach().clone() for p in peer.parameters()]
-    loss, parts, outputs = train_step(cohort, Single(), x, y)
+    loss, parts, outputs = step(x, y)
     assert outputs[0].shape == (5, 8, 10) and torch.isfinite(loss)
     assert any(not torch.equal(b, p) for b, p in zip(before, peer.parameters()))

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 import twinsnn
+from conftest import NO_FMNIST
 from test_cifar10_jpeg import real_entries
 from test_cli import assert_one_line_error, cli
 from twinsnn.classify import pretrained, pretrained_names, pretrained_record, read_image
@@ -28,7 +29,6 @@ from twinsnn.cli import main
 from twinsnn.config import DataConfig
 from twinsnn.data import dataset_module, fashion_mnist, image_folder
 from twinsnn.data.transforms import Preprocess
-from twinsnn.inference import load_network
 from twinsnn.losses import logits_of
 from twinsnn.sweep import final_test
 
@@ -58,7 +58,7 @@ def data_args(data: str, request, monkeypatch) -> list:
     its decoded cache in ``HOME``); skips the test without the data."""
     if data == "fashion-mnist":
         if fashion_mnist.locate(None) is None:
-            pytest.skip("real Fashion-MNIST not installed")
+            pytest.skip(NO_FMNIST)
         return []
     assert data == "cifar10-jpeg", f"no test images known for {data}"
     source = request.getfixturevalue("cifar10_jpeg")
@@ -95,7 +95,7 @@ def small_cifar10(cifar10_jpeg, cifar10_jpeg_home, tmp_path_factory) -> Path:
     return shipped
 
 
-@pytest.fixture(params=[*SHIPPED, SMALL])
+@pytest.fixture(params=[*SHIPPED, pytest.param(SMALL, marks=pytest.mark.slow)])
 def network(request, monkeypatch) -> Network:
     if request.param == SMALL:
         file = request.getfixturevalue("small_cifar10") / f"{SMALL}.tnn"
@@ -103,7 +103,7 @@ def network(request, monkeypatch) -> Network:
     else:
         file, names_it = pretrained(request.param), ["--pretrained", request.param]
     record = json.loads(file.with_suffix(".json").read_text())
-    data = load_network(file)[1]["data"]["name"]
+    data = twinsnn.load(file).meta["data"]["name"]
     return Network(names_it, file, record, data_args(data, request, monkeypatch))
 
 
@@ -144,7 +144,8 @@ def test_predict_gives_the_classes_the_evaluation_path_gives(network, tmp_path, 
     proc = cli(capsys, "predict", *network.names_it, *files, "--json")
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)
-    model, meta = load_network(network.file)
+    model = twinsnn.load(network.file)
+    meta = model.meta  # the file's description, which the network carries
     stats = type("Stats", (), {"mean": meta["data"]["mean"], "std": meta["data"]["std"],
                                "augmentation": "crop_flip"})
     with torch.no_grad():
@@ -187,6 +188,7 @@ def test_damaged_or_non_image_files_are_one_line_and_exit_2(tmp_path, capsys):
                           "did you mean fmnist-tna-tsnn?")
 
 
+@pytest.mark.slow
 def test_eval_reproduces_the_recorded_test_accuracy(network, capsys):
     """Exactly on a kind of CPU it was checked on; elsewhere other rounding may move a few
     of the 10,000 predictions."""
@@ -201,6 +203,7 @@ def test_eval_reproduces_the_recorded_test_accuracy(network, capsys):
         assert abs(report["accuracy"] - record["test_accuracy"]) <= 0.001
 
 
+@pytest.mark.slow
 def test_ship_writes_nothing_for_a_file_that_does_not_score_the_runs_accuracy(
         small_cifar10, cifar10_jpeg, cifar10_jpeg_home, tmp_path):
     run = small_cifar10.parent / "run"

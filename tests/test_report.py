@@ -57,7 +57,7 @@ def fake_run(root, name, seed, val, test=None, machine=None, **config):
         section, field = key.split("__")
         sections.setdefault(section, {})[field] = value
     (run / "run.json").write_text(json.dumps({"config": sections, "machine": machine or {}}))
-    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 0, "val_acc/0": val}) + "\n")
+    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 0, "val_accuracy/0": val}) + "\n")
     if test is not None:
         (run / "test.json").write_text(json.dumps(
             {"accuracy": test} if isinstance(test, float) else test))
@@ -125,7 +125,7 @@ def test_family_file_reports_its_comparisons_with_holm(tmp_path, capsys):
     fake_run(runs, "fp-seed9", 9, 0.5, 0.9)  # not named by the globs below
     family = tmp_path / "family.json"
     family.write_text(json.dumps({"title": "Claims", "comparisons": [
-        {"comparison": "TNA - single", "metric": "test_acc",
+        {"comparison": "TNA - single", "metric": "test_accuracy",
          "baseline": ["runs/fp-seed[0-2]"], "other": ["runs/tna-seed*"]},
         {"comparison": "TNA - single, CE", "metric": "test_loss",
          "baseline": ["runs/fp-seed0", "runs/fp-seed[12]"], "other": ["runs/tna-seed*"]}]}))
@@ -216,7 +216,7 @@ def test_each_run_keeps_its_colour_in_every_panel(tmp_path):
     # a single net logs no matching term: the twin runs must not take its colour there
     single = fake_run(tmp_path, "single-seed0", 0, 0.8, loss__strategy="single")
     tna = fake_run(tmp_path, "tna-seed0", 0, 0.8, loss__strategy="tna")
-    record = {"epoch": 0, "val_acc/0": 0.8, "train_ce/0": 0.5}
+    record = {"epoch": 0, "val_accuracy/0": 0.8, "train_ce/0": 0.5}
     (single / "metrics.jsonl").write_text(json.dumps(record) + "\n")
     (tna / "metrics.jsonl").write_text(json.dumps({**record, "train_match": 3.0}) + "\n")
     fig = curves_figure([load_run(single), load_run(tna)])
@@ -227,3 +227,23 @@ def test_each_run_keeps_its_colour_in_every_panel(tmp_path):
     assert set(colours) == {"strategy=single", "strategy=tna"}
     assert all(len(c) == 1 for c in colours.values())
     assert colours["strategy=single"] != colours["strategy=tna"]
+
+
+def test_records_from_before_accuracy_was_spelled_out_are_read(tmp_path, capsys):
+    """metrics.jsonl lines written with ``val_acc/0`` and ``train_acc/0`` (before accuracy
+    was spelled out): the summaries and the curves read them as today's records."""
+    runs = []
+    for seed, val in ((0, 0.80), (1, 0.90)):
+        run = fake_run(tmp_path, f"old-seed{seed}", seed, val)
+        (run / "metrics.jsonl").write_text("".join(json.dumps(
+            {"epoch": e, "train_acc/0": 0.5 + e / 10, "val_acc/0": val - (1 - e) / 10,
+             "val_loss/0": 0.4}) + "\n" for e in (0, 1)))
+        runs.append(run)
+    [row] = summarize([load_run(r) for r in runs])
+    assert row["val_per_seed"] == [0.80, 0.90]
+    fig = curves_figure([load_run(r) for r in runs])
+    titles = {ax.get_title(): ax for ax in fig.axes if ax.get_lines()}
+    assert {"val accuracy (base)", "train accuracy (base)", "val CE (base)"} <= set(titles)
+    assert list(titles["val accuracy (base)"].get_lines()[1].get_ydata()) == [0.80, 0.90]
+    assert main(["report", *map(str, runs)]) == 0
+    assert "85.00" in capsys.readouterr().out

@@ -36,6 +36,7 @@ def _files(folder) -> dict:
     return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir())}
 
 
+@pytest.mark.slow
 def test_a_second_process_on_a_run_folder_exits_2_naming_the_holder(tmp_path, tiny_fmnist):
     """The first process is frozen (SIGSTOP) once it has written run.json; the second exits 2
     naming its PID and leaves every file as it was; the first then finishes as if alone."""
@@ -62,6 +63,7 @@ def test_a_second_process_on_a_run_folder_exits_2_naming_the_holder(tmp_path, ti
     assert [json.loads(l)["epoch"] for l in lines] == [0, 1]
 
 
+@pytest.mark.slow
 def test_the_lock_of_a_killed_process_does_not_block_its_resume(tmp_path, tiny_fmnist):
     args = ["--data-dir", tiny_fmnist, *TINY, "--set", "epochs=2", "--out-dir", tmp_path / "runs",
             "--name", "killed", "--quiet"]
@@ -86,6 +88,7 @@ def test_the_lock_excludes_a_second_holder_in_the_same_process(tmp_path):
     second.release()
 
 
+@pytest.mark.slow
 def test_fit_in_a_thread_stops_on_its_callback_and_resumes_bitwise(tmp_path, tiny_fmnist):
     runs = tmp_path / "runs"
     fit(config=tiny(tiny_fmnist, runs, "straight", **{"train.epochs": 3}), progress=False)
@@ -104,7 +107,7 @@ def test_fit_in_a_thread_stops_on_its_callback_and_resumes_bitwise(tmp_path, tin
     thread.join(timeout=300)
     run = runs / "stopped"
     assert [r["epoch"] for r in seen] == [0] and result["record"] is seen[0]
-    assert "val_acc/0" in seen[0]
+    assert "val_accuracy/0" in seen[0]
     assert load_checkpoint(run / "checkpoint.pt")["epoch"] == 1
     assert not (run / "model.safetensors").exists()
     fit(config=tiny(tiny_fmnist, runs, "stopped", **{"train.epochs": 3}), resume=True, progress=False)
@@ -112,6 +115,7 @@ def test_fit_in_a_thread_stops_on_its_callback_and_resumes_bitwise(tmp_path, tin
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_tensorboard_event_files_hold_every_epochs_scalars(tmp_path, tiny_fmnist):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -122,7 +126,7 @@ def test_tensorboard_event_files_hold_every_epochs_scalars(tmp_path, tiny_fmnist
     metrics = [json.loads(line) for line in (runs / "board" / "metrics.jsonl").read_text()
                .splitlines()]
     events = EventAccumulator(str(runs / "board" / "tensorboard")).Reload()
-    for name in ("train_loss", "val_acc/0", "lr", "firing_rate/convs.1"):
+    for name in ("train_loss", "val_accuracy/0", "lr", "firing_rate/convs.1"):
         steps = [(e.step, e.value) for e in events.Scalars(name)]
         want = [m["firing_rates"]["convs.1"] if name.startswith("firing") else m[name]
                 for m in metrics]

@@ -124,7 +124,7 @@ def test_a_network_without_batchnorm_keeps_its_accuracy_through_the_switch(tmp_p
                   out_dir=str(tmp_path), progress=False, compile=False)
     runs = {name: twinsnn.fit(make_net, train, name=name, **common, **extra)
             for name, extra in (("auto", {}), ("none", {"scale": "none"}))}
-    acc = {name: [r["val_acc/0"] for r in run.metrics] for name, run in runs.items()}
+    acc = {name: [r["val_accuracy/0"] for r in run.metrics] for name, run in runs.items()}
     info = {name: json.loads((run.dir / "run.json").read_text()) for name, run in runs.items()}
     out = capsys.readouterr()
     assert acc["auto"][0] > 0.7 and acc["auto"][1] > acc["auto"][0] - 0.02, acc

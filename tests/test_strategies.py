@@ -51,7 +51,7 @@ def test_every_registered_strategy_trains_through_fit(tmp_path, name):
     assert len(run.members) == strategy.members
     assert [r["compressed"] for r in run.metrics] == [False, True]
     assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in run.metrics)
-    assert {"val_acc/0", "val_loss/0"} <= set(run.record)
+    assert {"val_accuracy/0", "val_loss/0"} <= set(run.record)
     recorded = json.loads((run.dir / "run.json").read_text())
     assert recorded["config"]["loss"]["strategy"] == name
     assert recorded["strategy"]["class"] == \
@@ -144,6 +144,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_strategy_defined_in_a_users_script_trains_through_fit(tmp_path):
     script = tmp_path / "mine.py"
     script.write_text(SCRIPT)

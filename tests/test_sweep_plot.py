@@ -1,6 +1,8 @@
 """Sweeps, summaries and plots over real (tiny) runs."""
 import json
 
+import pytest
+
 from twinsnn.cli import main
 from twinsnn.inference import evaluate_file
 from twinsnn.report import differing_keys, load_run, summarize
@@ -25,6 +27,7 @@ train: {{epochs: 1, batch_size: 32, eval_batch_size: 100, compile: false}}
     return cfg
 
 
+@pytest.mark.slow
 def test_sweep_trains_skips_finished_and_summarizes(tiny_fmnist, tmp_path, capsys):
     cfg = tiny_sweep_config(tmp_path, tiny_fmnist)
     args = ["sweep", "--config", str(cfg), "--set", "alpha=1e-2,1e-5", "--seeds", "0",
@@ -65,7 +68,7 @@ def test_summary_pools_seeds_of_one_config():
     def run(seed, val, test):
         return {"dir": f"runs/net-seed{seed}", "test": {"accuracy": test},
                 "config": {"name": f"net-seed{seed}", "train.seed": seed, "loss.alpha": 1e-4},
-                "metrics": [{"val_acc/0": 0.5}, {"val_acc/0": val}]}
+                "metrics": [{"val_accuracy/0": 0.5}, {"val_accuracy/0": val}]}
 
     [row] = summarize([run(0, 0.80, 0.70), run(1, 0.90, 0.74), run(2, 0.85, 0.72)])
     assert row["config"] == "net" and row["seeds"] == [0, 1, 2] and row["epochs"] == [2, 2, 2]

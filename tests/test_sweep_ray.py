@@ -17,6 +17,7 @@ def _metrics(run) -> list[dict]:
     return [{k: v for k, v in json.loads(l).items() if k not in TIMES} for l in lines]
 
 
+@pytest.mark.slow
 def test_a_ray_sweep_equals_the_local_one_and_skips_finished_runs(tmp_path, tiny_fmnist, capsys):
     ray = pytest.importorskip("ray")
     cfg = tiny_sweep_config(tmp_path, tiny_fmnist)

@@ -10,14 +10,13 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from twinsnn import quant
-from twinsnn.cohort import build_cohort, set_capturable
+from twinsnn.cohort import set_capturable
 from twinsnn.config import load_config
 from twinsnn.data.transforms import Preprocess
 from twinsnn.graphs import WARMUP_STEPS
-from twinsnn.strategies import from_config as strategy_from_config
 from twinsnn.run import checkpoint_state, restore
-from twinsnn.graphs import make_step
 from twinsnn.models import build_model
+from twinsnn.train import Parts, build_trainer
 
 from benchmarks.train_step import random_data
 
@@ -48,12 +47,12 @@ def cohort_and_step(device, **sets):
     cfg = load_config("fmnist-cpu", {"model.width": 0.125, "train.batch_size": BATCH,
                                      "train.device": device.type, **sets})
     data = random_data(BATCH, (1, 28, 28))
-    strategy = strategy_from_config(cfg.loss)
-    cohort = build_cohort(cfg, lambda: build_model(cfg.model, 10, 1, (28, 28)), strategy, device)
+    t = build_trainer(cfg, Parts(lambda: build_model(cfg.model, 10, 1, (28, 28))))
     x = data.train.x.to(device).contiguous(memory_format=torch.channels_last)
-    return cfg, cohort, make_step(cohort, strategy, cfg.train), x, data.train.y.to(device)
+    return cfg, t.cohort, t.step, x, data.train.y.to(device)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sets", [
     {"loss.strategy": "single"},
     {"loss.strategy": "tna", "train.precision": "bf16"},

@@ -5,14 +5,17 @@ The public API: ``fit`` trains any network (a factory of ``nn.Module``s, or a bu
 architecture by name) on any ``Dataset`` / ``DataLoader`` (or a built-in data set) with a
 strategy (a twin, a cohort, deep mutual learning, knowledge distillation, or one's own), and
 compresses it to ternary or binary weights from a chosen epoch; ``export`` and ``load`` write
-and read the packed network; ``evaluate`` scores a network on data; ``make_config`` builds a
-``Config``.
+and read a network in any format of ``FORMATS`` (packed, safetensors, checkpoint, NIR);
+``evaluate`` scores a network on data, or on the data set it was trained on; ``predict`` and
+``classify_images`` run it; ``make_config`` builds a ``Config``.
 """
 import warnings
 
-from .api import Run, datasets, evaluate, export, fit, load, make_config, predict
+from .api import (Run, classify_images, datasets, evaluate, export, fit, load, make_config,
+                  predict, pretrained_path)
 from .config import Config
 from .errors import CheckpointError, ConfigError, DataError, TrainingError, TwinsnnError
+from .formats import FORMATS
 from .losses import cohort_loss, distill_loss, logits_of, mutual_loss
 from .models import MODELS, build_model
 from .neurons import NEURONS, SURROGATES, reset_states
@@ -32,9 +35,9 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'twinsnn' has no attribute {name!r}")
 
 
-__all__ = ["CheckpointError", "Config", "ConfigError", "DataError", "MODELS", "NEURONS", "Node",
-           "Run", "STRATEGIES", "SURROGATES", "SpikingNetwork", "Strategy", "TrainingError",
-           "TwinsnnError", "__version__", "build_model", "cohort_loss", "compress",
-           "compressed_layers", "datasets", "decompress", "distill_loss", "evaluate", "export",
-           "fit", "load", "logits_of", "make_config", "mutual_loss", "predict", "reset_states",
-           "select_layers"]
+__all__ = ["CheckpointError", "Config", "ConfigError", "DataError", "FORMATS", "MODELS",
+           "NEURONS", "Node", "Run", "STRATEGIES", "SURROGATES", "SpikingNetwork", "Strategy",
+           "TrainingError", "TwinsnnError", "__version__", "build_model", "classify_images",
+           "cohort_loss", "compress", "compressed_layers", "datasets", "decompress",
+           "distill_loss", "evaluate", "export", "fit", "load", "logits_of", "make_config",
+           "mutual_loss", "predict", "pretrained_path", "reset_states", "select_layers"]

@@ -21,6 +21,7 @@ SpikingJelly and snnTorch neurons as they are).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import sys
@@ -34,7 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .checkpoint import load_model, parse_spec
-from .cohort import build_cohort
+from .choices import check_choices
 from .config import Config, from_flat, leaf_keys, load_config, resolve_key, to_flat
 from .data import build_data, tensor_datasets
 from .data.feeds import DatasetFeed, LoaderFeed, TensorFeed
@@ -42,19 +43,17 @@ from .data.splits import Dataset
 from .data.transforms import Preprocess
 from .distributed import join, leave, synchronize_batchnorm
 from .errors import ConfigError, TwinsnnError
-from . import inference
-from .packed import export_packed
-from .graphs import make_step
-from .inference import load_network
+from . import classify as images, evaluation, formats, inference
 from .losses import logits_of
+from .metrics import ACCURACY, Results, member_key, renamed
 from .models import build_model, model_spec
 from .neurons import reset_states
 from .quant import Selector
-from .run import RunFolder, StopSignal
+from .run import RunFolder
 from .runtime import configure, resolve_device
 from .safeguards import chosen_scales_line, switch_warning
 from .strategies import Strategy, check_strategy, from_config, registered_name
-from .train import Training, train
+from .train import Parts, build_trainer, train
 
 
 @dataclass
@@ -76,9 +75,10 @@ class Run:
 
     @property
     def metrics(self) -> list[dict]:
-        """Every epoch's record, as ``metrics.jsonl`` holds them (rank 0 writes them)."""
+        """Every epoch's record, as ``metrics.jsonl`` holds them (rank 0 writes them), its
+        keys spelled as today (``metrics.renamed``)."""
         lines = (self.dir / "metrics.jsonl").read_text().splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        return [Results(renamed(json.loads(line))) for line in lines if line.strip()]
 
 
 def make_config(config: Config | str | dict | None = None, **settings) -> Config:
@@ -119,8 +119,8 @@ def _builtin_meta(cfg: Config, classes: int, channels: int, size, data: dict) ->
             "config": to_flat(cfg)}
 
 
-def _parts(model, data, val, test, cfg: Config, device, classes, workers):
-    """``(factory, train feed, evaluated feeds, split record, meta)`` of a run."""
+def _parts(model, data, val, test, cfg: Config, device, classes, workers) -> tuple[Parts, dict]:
+    """The ``Parts`` of a run (factory, feeds and meta) and its split record."""
     if data is None or isinstance(data, str):  # a built-in data set, on the device
         splits = build_data(cfg.data, cfg.model.timesteps)
         if val is not None or test is not None:
@@ -154,13 +154,13 @@ def _parts(model, data, val, test, cfg: Config, device, classes, workers):
             sample = _first_batch(train_feed)[0]
             shape = (classes, sample.shape[-3], tuple(sample.shape[-2:]))
         factory = lambda: build_model(cfg.model, *shape)  # noqa: E731
-        return factory, train_feed, evals, split, _builtin_meta(cfg, *shape, data_meta)
+        return Parts(factory, train_feed, evals, meta=_builtin_meta(cfg, *shape, data_meta)), split
     if not callable(model) or isinstance(model, nn.Module):
         raise TwinsnnError("model= takes a function that builds a fresh network (e.g. "
                            "lambda: MyNet()), so that every member starts from its own "
                            f"initialization; got {type(model).__name__}")
     meta = {"model": {"class": None}, "data": data_meta, "config": to_flat(cfg)}
-    return model, train_feed, evals, split, meta
+    return Parts(model, train_feed, evals, meta=meta), split
 
 
 def _teacher(cfg: Config, strategy: Strategy, factory, meta: dict,
@@ -232,11 +232,12 @@ def _watch_switch(cfg: Config, run: RunFolder, cohort,
     by more than a few points from the epoch before compression to the first compressed
     one, it says so on stderr and in ``run.json`` (``warnings``), naming the likely cause."""
     def check(record: dict) -> bool | None:
-        if run.writer and record["epoch"] == cfg.quant.start_epoch > 0 and \
-                "val_acc/0" in record:
-            before = [r for r in map(json.loads, run.metrics.read_text().splitlines())
-                      if r["epoch"] == record["epoch"] - 1 and "val_acc/0" in r]
-            message = before and switch_warning(before[-1]["val_acc/0"], record["val_acc/0"],
+        key = member_key("val", ACCURACY)
+        if run.writer and record["epoch"] == cfg.quant.start_epoch > 0 and key in record:
+            lines = run.metrics.read_text().splitlines()
+            before = [r for r in map(renamed, map(json.loads, lines))
+                      if r["epoch"] == record["epoch"] - 1 and key in r]
+            message = before and switch_warning(before[-1][key], record[key],
                                                 cohort.members[0], cohort.scales,
                                                 cohort.normalized)
             if message:
@@ -285,25 +286,28 @@ def fit(model: Callable[[], nn.Module] | str | None = None, data=None, *, val=No
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, arch=model))
     if isinstance(data, str):
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, name=data))
-    cfg = from_flat(to_flat(cfg))  # the names checked as config values
+    cfg = check_choices(cfg)  # the names, against the registries as they are now
     world = join(resolve_device(cfg.train.device))
     run, cohort = RunFolder(cfg, world.writer), None
     try:
         source = world.agree(run.check, resume, branch_from)
         device, deterministic = configure(cfg.train)
         device = world.device(device)
-        factory, train_feed, evals, split, meta = _parts(model, data, val, test, cfg, device,
-                                                         classes, workers)
-        example = None
-        if cfg.quant.mode != "none" and "class" in meta["model"]:  # a network of the user's own
+        parts, split = _parts(model, data, val, test, cfg, device, classes, workers)
+        parts.strategy = strategy
+        parts.teacher = _teacher(cfg, strategy, parts.factory, parts.meta, teacher)
+        parts.reset, parts.layers = reset, layers
+        if cfg.quant.mode != "none" and "class" in parts.meta["model"]:  # a network of one's own
             with torch.random.fork_rng():  # the random state training starts from stays
-                example = _first_batch(train_feed)
-        cohort = build_cohort(cfg, factory, strategy, device,
-                              _teacher(cfg, strategy, factory, meta, teacher), meta, reset,
-                              layers, example)
-        if "class" in meta["model"]:  # a network of the user's own
+                parts.example = _first_batch(parts.train)
+        t = build_trainer(cfg, parts, run, world, progress and world.writer)
+        cohort = t.cohort
+        if "class" in parts.meta["model"]:  # a network of the user's own
             kind = type(cohort.members[0])
-            meta["model"]["class"] = f"{kind.__module__}.{kind.__qualname__}"
+            parts.meta["model"]["class"] = f"{kind.__module__}.{kind.__qualname__}"
+        else:  # a built-in one describes itself to the files it is written to
+            for member in cohort.members:
+                member.meta = parts.meta
         notes = {"strategy": _described(strategy)}
         if cfg.quant.mode != "none":
             notes["compression"] = {n: {"normalized": normed, "scale": cohort.scales[n]}
@@ -312,9 +316,6 @@ def fit(model: Callable[[], nn.Module] | str | None = None, data=None, *, val=No
             if line and world.writer:
                 print(line)
             on_epoch_end = _watch_switch(cfg, run, cohort, on_epoch_end)
-        t = Training(cfg, cohort, strategy, train_feed, evals, run, StopSignal(),
-                     make_step(cohort, strategy, cfg.train, world), progress and world.writer,
-                     world)
         # the handler is in place before run.json exists: a run that shows up can be stopped
         # cleanly at any moment
         with t.stop:
@@ -342,21 +343,40 @@ def datasets(name: str = "fashion-mnist", **settings) -> tuple:
     return tensor_datasets(build_data(cfg.data, cfg.model.timesteps))
 
 
-def export(model: nn.Module, path, meta: dict | None = None) -> Path:
-    """Write the (compressed) ``model`` as a packed file: ternary weights at 2 bits, binary
-    at 1, everything else float32 (``export.export_packed``); ``meta`` (JSON) goes in its
-    header, by default the model's class. Load it back with ``load``."""
-    kind = type(model)
-    return export_packed(model, path, meta or {"model": {
-        "class": f"{kind.__module__}.{kind.__qualname__}"}})
+def export(model: nn.Module, path, format: str | None = None, meta: dict | None = None,
+           **options) -> Path:
+    """Write ``model`` to ``path`` as ``format`` (``formats.FORMATS``: ``packed``,
+    ``safetensors``, ``checkpoint``, ``nir``; default: the one the suffix names, ``.tnn``,
+    ``.safetensors``, ``.pt`` or ``.nir``, else packed). ``meta`` (JSON) goes in the file, by
+    default the network's own description: for a built-in network how to rebuild it and the
+    data and config it was trained with, so that ``load`` and ``twinsnn eval`` need no
+    model; for a network of your own its class. ``options``: the NIR graph's ``fold``.
+    Returns the path."""
+    return formats.write(model, path, format, meta, **options)
 
 
-def load(path, model: nn.Module | None = None) -> nn.Module:
-    """The network in a ``.tnn`` export or a ``model.safetensors`` (or, for the built-in
-    networks, a ``checkpoint.pt`` or ``.nir`` graph), in eval mode: its weights loaded into
-    ``model``, a fresh network of your own class, or into the built-in network the file
-    describes. Compressed weights come back as the exact ``codes * scale`` floats."""
-    return load_network(Path(path), model=model)[0]
+def load(path, model: nn.Module | None = None, *, member: int = 0,
+         integer: bool = False) -> nn.Module:
+    """The network in a file any format of ``formats.FORMATS`` wrote, in eval mode: its
+    weights loaded into ``model``, a fresh network of your own class, or into the built-in
+    network the file describes (which then carries the file's description, ``meta``).
+    Compressed weights come back as the exact ``codes * scale`` floats. ``member``: which
+    member of a checkpoint's cohort (0, the base); ``integer``: its integer inference
+    (``integer.integer_model``)."""
+    return inference.load(path, member, integer, model)[0]
+
+
+def pretrained_path(name: str) -> Path:
+    """The file of the network ``name`` that ships with twinsnn (``twinsnn predict --help``
+    lists them)."""
+    return images.pretrained(name)
+
+
+def classify_images(model: nn.Module, paths) -> list[dict]:
+    """Class, class name and probability of each image file in ``paths`` under ``model`` (a
+    network ``load`` read, which carries its description), each converted as that says
+    (``classify.classify``)."""
+    return images.classify(model, getattr(model, "meta", {}), [Path(p) for p in paths])
 
 
 @torch.no_grad()
@@ -369,14 +389,26 @@ def predict(model: nn.Module, x: torch.Tensor,
     return logits_of(model(x))
 
 
-def evaluate(model: nn.Module, data, batch_size: int = 1000, device: str | None = None,
-             reset: Callable[[nn.Module], None] = reset_states) -> dict:
+def evaluate(model: nn.Module, data=None, batch_size: int = 1000, device: str | None = None,
+             reset: Callable[[nn.Module], None] = reset_states, *, split: str = "test",
+             data_dir: str | None = None) -> dict:
     """Accuracy, mean cross-entropy, confusion matrix and firing rates of ``model`` on a
-    ``Dataset`` or ``DataLoader`` of ``(x, y)`` (``inference.evaluate``), on ``device``
-    (default: where the model is)."""
+    ``Dataset`` or ``DataLoader`` of ``(x, y)`` (``evaluation.evaluate``: ``accuracy``,
+    ``loss``, ``confusion``, ``firing_rates``), on ``device`` (default: where the model is).
+
+    ``data=None``: on the ``split`` (``test`` or ``val``) of the built-in data set the network
+    was trained on, as its description says (a network ``load`` read, or ``fit`` trained), fed
+    as in training (``data_dir``: where that data set is), with its operations and energy;
+    returns what ``twinsnn eval --json`` prints (``inference.report``). ``model`` itself is
+    left as it is (a copy is placed as in training: memory format, LIF kernel)."""
+    if data is None:
+        return inference.report(copy.deepcopy(model), getattr(model, "meta", {}), split,
+                                data_dir, device or "auto")
     place = torch.device(device) if device else next(model.parameters()).device
     loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size)
-    return inference.evaluate(model.to(place), LoaderFeed(loader, place), batch_size, reset)
+    return Results(evaluation.evaluate(model.to(place), LoaderFeed(loader, place), batch_size,
+                                       reset))
 
 
-__all__ = ["Run", "datasets", "evaluate", "export", "fit", "load", "make_config", "predict"]
+__all__ = ["Run", "classify_images", "datasets", "evaluate", "export", "fit", "load",
+           "make_config", "predict", "pretrained_path"]

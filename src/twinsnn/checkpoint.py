@@ -22,7 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from . import quant
-from .config import Config, ModelConfig, from_flat, from_record
+from .config import Config, ModelConfig, from_flat, from_record, to_flat
 from .errors import CheckpointError, ConfigError
 from .files import atomic_write, first_line, save_safetensors
 from .models import SHAPE_KEYS, build_model
@@ -129,18 +129,25 @@ def checkpoint_config(state: dict, path: Path | str) -> Config:
         raise CheckpointError(f"{path}: its config is not valid ({e})") from None
 
 
-def member_from_checkpoint(state: dict, member: int = 0, path: Path | str = "checkpoint"):
-    """Rebuild cohort member ``member`` of a loaded checkpoint, compressed as it was trained
-    (only the base is ever compressed)."""
+def member_from_checkpoint(state: dict, member: int = 0, path: Path | str = "checkpoint",
+                           model: torch.nn.Module | None = None) -> torch.nn.Module:
+    """Cohort member ``member`` of a loaded checkpoint, in eval mode, compressed as it was
+    trained (the layers whose weights are stored latent, ``*.parametrizations.weight.original``,
+    with the run's ``quant.*``): its weights loaded into ``model`` (a fresh network of your own
+    class) or into the built-in network the checkpoint describes."""
     if not 0 <= member < len(state["members"]):
         raise CheckpointError(f"{path} has members 0..{len(state['members']) - 1}, not {member}")
-    quant_cfg = checkpoint_config(state, path).quant
+    q = checkpoint_config(state, path).quant
     weights = state["members"][member]
-    model = build_from_header(state["meta"]["model"], path, _stored_bytes(weights))
+    if model is None:
+        model = build_from_header(state["meta"]["model"], path, _stored_bytes(weights))
+    latent = sorted({key.split(".parametrizations.")[0] for key in weights
+                     if ".parametrizations." in key})
     try:
-        if member == 0:
-            quant.set_compression(model, quant_cfg, weights_epoch(state),
-                                  scales=state["meta"].get("quant_scales"))
+        if latent:  # quant.scale=auto: each layer's scale as the run chose it
+            scale = state["meta"]["quant_scales"] if q.scale == "auto" else q.scale
+            quant.compress(model, q.mode, q.delta, False, scale, q.delta_rule, q.delta_per,
+                           layers=latent)
         model.load_state_dict(weights)
     except Exception as e:  # any mismatch of untrusted weights
         raise CheckpointError(f"{path}: weights do not fit the described model "
@@ -148,12 +155,26 @@ def member_from_checkpoint(state: dict, member: int = 0, path: Path | str = "che
     return model.eval()
 
 
+def _plain_state(model: torch.nn.Module) -> dict:
+    """``model``'s tensors with its compressed weights baked in (``codes * scale``)."""
+    plain = quant.baked(model) if quant.is_compressed(model) else model
+    return {k: v.detach().contiguous().cpu() for k, v in plain.state_dict().items()}
+
+
+def save_network(path: Path, model: torch.nn.Module, meta: dict) -> None:
+    """``model`` alone as a checkpoint of one member: its weights (compressed ones baked in),
+    ``meta`` and the config in ``meta['config']`` (the defaults where it has none), at epoch 0.
+    It loads and evaluates as a run's checkpoint does; it holds no optimizer to resume."""
+    config = meta.get("config") if isinstance(meta.get("config"), dict) else to_flat(Config())
+    save_checkpoint(path, {"config": config, "meta": meta, "epoch": 0, "step": 0,
+                           "members": [_plain_state(model)]})
+
+
 def save_model(path: Path, model: torch.nn.Module, meta: dict) -> None:
-    """The network alone, for inference: safetensors weights + JSON ``meta`` (``meta['model']``
-    is its ``models.model_spec``)."""
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    """The network alone, for inference: safetensors weights (compressed ones baked in) +
+    JSON ``meta`` (``meta['model']`` is its ``models.model_spec``)."""
     header = {"format": MODEL_FORMAT, "meta": json.dumps(meta)}
-    save_safetensors(path, tensors, header)
+    save_safetensors(path, _plain_state(model), header)
 
 
 def read_model_meta(path: Path) -> dict:

@@ -82,6 +82,7 @@ def _config_from_args(args):
 def cmd_train(args) -> int:
     from .api import fit
     from .distributed import writer_process
+    from .metrics import ACCURACY, member_key
     from .runtime import retain_freed_memory
     cfg = _config_from_args(args)
     retain_freed_memory()
@@ -89,7 +90,8 @@ def cmd_train(args) -> int:
               branch_from=args.branch_from)
     if not writer_process():  # under torchrun rank 0 speaks for the run
         return 0
-    print(f"finished {cfg.name}: val acc {run.record.get('val_acc/0', float('nan')):.4f}; "
+    accuracy = run.record.get(member_key("val", ACCURACY), float("nan"))
+    print(f"finished {cfg.name}: val accuracy {accuracy:.4f}; "
           f"model saved to {run.dir / 'model.safetensors'}")
     print(f"next: twinsnn eval {run.dir / 'model.safetensors'}   |   twinsnn export "
           f"{run.dir / 'checkpoint.pt'} -o {run.dir / 'model.tnn'}")
@@ -98,17 +100,21 @@ def cmd_train(args) -> int:
 
 def _model_path(args) -> Path:
     """The model a command reads: ``--pretrained NAME`` or its path argument (not both)."""
+    from .api import pretrained_path
     from .errors import ConfigError
-    from .classify import pretrained
     if (args.pretrained is None) == (args.model is None):
         raise ConfigError("name a model file or --pretrained NAME (one of the two)")
-    return pretrained(args.pretrained) if args.pretrained else Path(args.model)
+    return pretrained_path(args.pretrained) if args.pretrained else Path(args.model)
 
 
 def cmd_eval(args) -> int:
-    from .inference import evaluate_file, format_report
-    report = evaluate_file(_model_path(args), member=args.member, data_dir=args.data_dir,
-                           device=args.device or "auto", split=args.split, integer=args.integer)
+    from .api import evaluate, load
+    from .inference import format_report
+    path = _model_path(args)
+    model = load(path, member=args.member, integer=args.integer)
+    report = {"model": str(path), "member": args.member, "integer": args.integer,
+              **evaluate(model, split=args.split, data_dir=args.data_dir,
+                         device=args.device or "auto")}
     if args.plot:
         from .analysis import plot_operations
         plot_operations(report["operations"], Path(args.plot))
@@ -117,15 +123,13 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .inference import load_network
-    from .classify import classify, pretrained
+    from .api import classify_images, load, pretrained_path
     paths = list(args.paths)
-    model_path = pretrained(args.pretrained) if args.pretrained else Path(paths.pop(0))
+    model_path = pretrained_path(args.pretrained) if args.pretrained else Path(paths.pop(0))
     if not paths:
         from .errors import ConfigError
         raise ConfigError("name one or more image files after the model")
-    model, meta = load_network(model_path)
-    rows = classify(model, meta, [Path(p) for p in paths])
+    rows = classify_images(load(model_path), paths)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -145,33 +149,25 @@ def cmd_data_check(args) -> int:
 
 
 def cmd_export(args) -> int:
-    if args.format == "nir":
-        return _export_nir(args)
-    from .checkpoint import load_checkpoint, member_from_checkpoint
-    from .packed import export_packed, format_size_report, size_report
-    from .quant import weight_sparsity
-    state = load_checkpoint(Path(args.checkpoint))
-    model = member_from_checkpoint(state, 0, args.checkpoint)
-    out = export_packed(model, Path(args.output), state["meta"])
-    print(f"wrote {out}")
-    print(format_size_report(size_report(out)))
-    sparsity = weight_sparsity(model)
-    if sparsity:
-        print("zero weights per compressed layer: " +
-              ", ".join(f"{k} {100 * v:.1f}%" for k, v in sparsity.items()))
-    return 0
-
-
-def _export_nir(args) -> int:
+    from .api import export, load
     from .errors import CheckpointError
-    from .inference import load_network
-    from .nir import write_graph
-    if Path(args.checkpoint).suffix == ".nir":
-        raise CheckpointError(f"{args.checkpoint} is a NIR graph already; export a "
-                              "checkpoint.pt, model.safetensors or .tnn")
-    model, meta = load_network(Path(args.checkpoint))
-    out = write_graph(model, meta, Path(args.output), args.fold)
-    print(f"wrote {out} (NIR graph, BatchNorm folded into the {args.fold})")
+    from .formats import FORMATS, format_of
+    source, output = Path(args.checkpoint), Path(args.output)
+    if source.suffix == ".nir":
+        raise CheckpointError(f"{source} is a NIR graph already; export the checkpoint.pt, "
+                              "model.safetensors or .tnn it came from")
+    fmt = FORMATS[args.format] if args.format else format_of(output, existing=False)
+    model = load(source)
+    out = export(model, output, fmt.name, **({} if args.fold is None else {"fold": args.fold}))
+    print(f"wrote {out} ({fmt.name}: {fmt.summary})")
+    if fmt.name == "packed":
+        from .packed import format_size_report, size_report
+        from .quant import weight_sparsity
+        print(format_size_report(size_report(out)))
+        sparsity = weight_sparsity(model)
+        if sparsity:
+            print("zero weights per compressed layer: " +
+                  ", ".join(f"{k} {100 * v:.1f}%" for k, v in sparsity.items()))
     return 0
 
 
@@ -215,8 +211,9 @@ def cmd_report(args) -> int:
 
 
 def cmd_config_show(args) -> int:
+    from .choices import check_choices
     from .config import dump_yaml, explain
-    cfg = _config_from_args(args)
+    cfg = check_choices(_config_from_args(args))
     print(explain(cfg) if args.explain else dump_yaml(cfg), end="")
     return 0
 
@@ -310,17 +307,21 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--data-dir", help="look only here (default: $TWINSNN_DATA, then system "
                                       "locations)")
 
-    p = _command(sub, "export", "write the base network for deployment (packed or NIR)",
-                 "Write a run's base network for deployment: packed safetensors (ternary "
-                 "weights at 2 bits, binary at 1, the rest float32; prints the size per "
-                 "layer) or a NIR graph with BatchNorm folded.",
+    from .formats import FORMATS
+    p = _command(sub, "export", "write the base network for deployment (packed, NIR, ...)",
+                 "Write a run's base network (or any network file's) in a format of its own: "
+                 "packed (ternary weights at 2 bits, binary at 1, the rest float32; prints the "
+                 "size per layer), a NIR graph with BatchNorm folded, model.safetensors or a "
+                 "checkpoint. The format is the one the output's suffix names (.tnn, .nir, "
+                 ".safetensors, .pt; packed for any other) unless --format says.\n\nformats:\n"
+                 + "\n".join(f"  {f.name:<12} {f.suffix:<13} {f.summary}"
+                             for f in FORMATS.values()),
                  "  twinsnn export runs/fmnist-cpu-tsnn/checkpoint.pt -o model.tnn\n"
-                 "  twinsnn export model.tnn --format nir -o model.nir", cmd_export)
-    p.add_argument("checkpoint", help="a run's checkpoint.pt (nir: also model.safetensors, .tnn)")
-    p.add_argument("--format", choices=["packed", "nir"], default="packed",
-                   help="packed: ternary/binary layers at 2/1 bits per weight, the rest float32; "
-                        "nir: a NIR graph with BatchNorm folded (docs/deploy.md)")
-    p.add_argument("--fold", choices=["neurons", "weights"], default="neurons",
+                 "  twinsnn export model.tnn -o model.nir", cmd_export)
+    p.add_argument("checkpoint", help="a run's checkpoint.pt, a model.safetensors or a .tnn")
+    p.add_argument("--format", choices=list(FORMATS),
+                   help="the format to write (default: the one the output's suffix names)")
+    p.add_argument("--fold", choices=["neurons", "weights"],
                    help="nir: fold BatchNorm into each neuron's input scale and leak (the "
                         "default; the graph reproduces the model bitwise) or into the "
                         "full-precision weights and biases")
@@ -379,8 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the per-config rows and the paired rows as JSON")
     p.add_argument("--family", metavar="FILE",
                    help="a JSON file of comparisons (run folders of a baseline and of another "
-                        "arm, a metric: val_acc, test_acc or test_loss), reported paired by "
-                        "seed with Holm's correction over the file's comparisons")
+                        "arm, a metric: val_accuracy, test_accuracy or test_loss), reported "
+                        "paired by seed with Holm's correction over the file's comparisons")
 
     p = _command(sub, "config", "config utilities (show)",
                  "Config utilities. `twinsnn config show` prints the resolved config (a "

@@ -1,6 +1,6 @@
 """A cohort: the networks trained together (the base first, then its twins), their optimizer
 and schedule, an optional frozen teacher, and the precision of their forward; each member
-made by the model factory from its own seed."""
+made by the model factory from its own seed. ``train_step`` updates them on one batch."""
 from __future__ import annotations
 
 import hashlib
@@ -12,6 +12,7 @@ from torch import nn
 
 from .config import Config
 from .errors import ConfigError, TwinsnnError
+from .files import first_line
 from .neurons import reset_states
 from .quant import select_layers
 from .runtime import autocast, place
@@ -152,3 +153,27 @@ def check_outputs(outputs: list[torch.Tensor], y: torch.Tensor) -> None:
         raise TwinsnnError(f"a label is {high if high >= k else low}, but the model gives "
                            f"{k} classes (labels must be 0 to {k - 1}): match the model's "
                            "output size to the data set's classes")
+
+
+def train_step(cohort: Cohort, strategy: Strategy, x: torch.Tensor, y: torch.Tensor,
+               share: float | None = None):
+    """One update of every member on the batch ``(x, y)``: forward, the strategy's loss,
+    backward, Adam (``share``: this rank's part of a data-parallel batch, see ``losses``).
+    Returns ``(loss, parts, outputs)``; raises ``FloatingPointError`` when the update
+    overflows. Nothing here waits for the device after the run's first batch (whose outputs
+    are checked against the labels): whether the loss is finite is the caller's to check
+    (the training loop does every ``train.LOSS_CHECK_EVERY`` steps)."""
+    outputs = cohort.outputs(x)
+    if not cohort.checked:
+        check_outputs(outputs, y)
+        cohort.checked = True
+    loss, parts = strategy.loss(outputs, y, share)
+    cohort.optimizer.zero_grad(set_to_none=True)
+    cohort.backward(loss)
+    try:
+        cohort.optimizer.step()
+    except torch.OutOfMemoryError:
+        raise
+    except RuntimeError as e:  # the update overflows float32 (an absurd train.lr)
+        raise FloatingPointError(f"the optimizer step failed ({first_line(e)})") from None
+    return loss, parts, outputs

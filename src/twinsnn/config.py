@@ -2,8 +2,10 @@
 
 A config is built from a preset name (``configs/<name>.yaml`` inside the package) or a YAML
 path, then ``--set`` overrides. Keys are ``section.field`` or, where unambiguous, the bare
-field name (``alpha=1e-4`` means ``loss.alpha``). Unknown keys and bad values raise
-``ConfigError`` naming the valid choices.
+field name (``alpha=1e-4`` means ``loss.alpha``). Unknown keys, values of the wrong type and
+out of range raise ``ConfigError``. This module imports none of what the config names: the
+keys that name a data set, an architecture, a neuron, a strategy or another alternative are
+checked against their modules by ``choices.check_choices``, where a config is built from.
 """
 from __future__ import annotations
 
@@ -19,15 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from .data import DATASETS
-from .data.feeds import ENCODINGS
 from .errors import ConfigError
-from .losses import MATCHES, REDUCTIONS
-from .models import FC_NORMS, MODELS
-from .neurons import NEURONS, SURROGATES
-from .quant import DELTA_PER, DELTA_RULES, MODES, SCALES, check_threshold_rule
-from .runtime import DEVICES, PRECISIONS
-from .strategies import STRATEGIES
 
 
 @dataclass(frozen=True)
@@ -128,19 +122,6 @@ class Config:
     quant: QuantConfig = field(default_factory=QuantConfig)
 
 
-def choices() -> dict[str, tuple[str, ...]]:
-    """The valid values of every key that names something: the registries' names as they are
-    now (a model, neuron or data set registered at any time counts)."""
-    return {"data.name": tuple(DATASETS), "model.arch": tuple(MODELS),
-            "model.fc_norm": FC_NORMS, "model.neuron": tuple(NEURONS),
-            "model.encoding": ENCODINGS,
-            "model.surrogate": tuple(SURROGATES), "train.lr_step_unit": ("epoch", "batch"),
-            "train.device": DEVICES, "train.precision": PRECISIONS,
-            "loss.strategy": tuple(STRATEGIES), "loss.reduction": REDUCTIONS, "loss.match": MATCHES,
-            "quant.mode": ("none", *MODES), "quant.scale": ("auto", *SCALES),
-            "quant.delta_rule": DELTA_RULES, "quant.delta_per": DELTA_PER}
-
-
 POSITIVE = ("model.width", "model.timesteps", "model.threshold", "train.epochs",
             "train.batch_size", "train.eval_batch_size", "train.lr", "train.lr_gamma",
             "train.lr_step_size", "train.val_every", "loss.members", "loss.temperature",
@@ -232,9 +213,6 @@ def _coerce(key: str, value, kind):
 
 
 def _check(key: str, value) -> None:
-    valid = choices().get(key)
-    if valid is not None and value not in valid:
-        raise ConfigError(f"{key} must be one of {', '.join(valid)}; got {_show(value)}")
     if key in POSITIVE and not value > 0:
         raise ConfigError(f"{key} must be positive, got {value!r}")
     if key in UNIT_INTERVAL and not 0 <= value <= 1:
@@ -248,7 +226,8 @@ def _check(key: str, value) -> None:
 
 
 def coerce(key: str, value):
-    """``value`` converted to the type of config key ``key`` and range-checked."""
+    """``value`` converted to the type of config key ``key`` and range-checked (a name is
+    checked by ``choices.check_choices``)."""
     value = _coerce(key, value, leaf_keys()[key])
     _check(key, value)
     return value
@@ -285,7 +264,6 @@ def from_flat(flat: dict) -> Config:
     hints = typing.get_type_hints(Config)
     built = {s: hints[s](**vals) for s, vals in sections.items()}
     cfg = Config(**top, **built)
-    check_threshold_rule(cfg.quant.delta_rule, cfg.quant.delta_per)
     if cfg.data.train_size is not None and cfg.data.train_limit is not None:
         raise ConfigError("set data.train_size (a stratified random subset) or data.train_limit "
                           "(the first N samples), not both")

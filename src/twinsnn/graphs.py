@@ -2,7 +2,7 @@
 
 A step of the spiking CIFARNet launches thousands of small kernels (each layer's BatchNorm
 and LIF over T timesteps, Adam over every tensor); at small widths the GPU waits for the CPU
-launching them. ``GraphedStep`` records a step (``train.train_step``) into a
+launching them. ``GraphedStep`` records a step (``cohort.train_step``) into a
 ``torch.cuda.CUDAGraph`` and replays it: the batch is copied into the graph's input tensors,
 and the loss, its parts and the outputs come back in the graph's own tensors, overwritten by
 the next replay (the training loop reads them before). What makes the step capturable:
@@ -31,9 +31,8 @@ from collections.abc import Callable
 import torch
 
 from . import quant
-from .cohort import Cohort, set_capturable
+from .cohort import Cohort, set_capturable, train_step
 from .distributed import World
-from .train import train_step
 
 WARMUP_STEPS = 3  # eager full batches on a side stream before the capture
 
@@ -52,7 +51,7 @@ def _learning_rates(optimizer: torch.optim.Optimizer, rates: list[torch.Tensor])
 
 
 class GraphedStep:
-    """``step(x, y, share)``, an update of ``cohort`` (``train.train_step`` bound to it), for
+    """``step(x, y, share)``, an update of ``cohort`` (``cohort.train_step`` bound to it), for
     batches of ``batch_size`` on a CUDA device: replayed from a CUDA graph after
     ``WARMUP_STEPS`` eager runs. Returns what ``step`` returns."""
 

@@ -1,99 +1,66 @@
-"""Inference: accuracy, mean loss, confusion matrix and firing rates of a network on a data
-split (``evaluate``), and of a saved network (inference model, training checkpoint, packed
-export or NIR graph) on the test (or validation) split of the data set it was trained on."""
+"""A saved network on the data set it was trained on: the test (or validation) split scored
+as ``twinsnn eval`` does, with firing rates, operations and energy (``report``), from any
+file ``formats`` reads (``evaluate_file``)."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from .analysis import firing_rates, format_operations, operations, recording
-from .checkpoint import load_checkpoint, load_model, member_from_checkpoint
+from .analysis import format_operations, operations, recording
 from .config import from_record
 from .data import build_data
 from .data.feeds import TensorFeed
 from .data.transforms import Preprocess
 from .errors import CheckpointError, ConfigError
-from .losses import logits_of
-from .neurons import reset_states
+from .evaluation import evaluate
+from .formats import format_of, read
 from .runtime import place, resolve_device
 
 
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, feed, batch_size: int,
-             reset: Callable[[torch.nn.Module], None] = reset_states) -> dict:
-    """Accuracy, mean CE, confusion matrix ``[true, predicted]`` and firing rates of ``model``
-    on a feed's batches in order (``data.feeds``), its state ``reset`` before each batch."""
-    was_training = model.training
-    model.eval()
-    confusion, loss_sum, seen = None, 0.0, 0
-    with firing_rates(model) as rates:
-        for x, y in feed.in_order(batch_size):
-            reset(model)
-            logits = logits_of(model(x))
-            k = logits.shape[1]
-            if confusion is None:
-                confusion = torch.zeros(k, k, dtype=torch.long, device=logits.device)
-                loss_sum = torch.zeros((), device=logits.device)
-            loss_sum += F.cross_entropy(logits, y, reduction="sum")
-            confusion += torch.bincount(y * k + logits.argmax(1), minlength=k * k).view(k, k)
-            seen += len(y)
-    model.train(was_training)
-    n = max(seen, 1)
-    return {"acc": confusion.diag().sum().item() / n if seen else 0.0,
-            "loss": float(loss_sum) / n, "confusion": confusion.cpu().tolist() if seen else [],
-            "rates": rates}
-
-
-def load_network(path: Path, member: int = 0, model: torch.nn.Module | None = None):
-    """``(model, meta)`` from ``model.safetensors``, ``checkpoint.pt``, a ``.tnn`` or a
-    ``.nir`` file; ``model``: a fresh network of your own class to load the weights into (a
-    built-in one is built from the file)."""
+def load(path, member: int = 0, integer: bool = False, model: torch.nn.Module | None = None):
+    """``(network, meta)`` of ``formats.read``; ``integer``: its integer inference
+    (``integer.integer_model``) instead, for the formats that hold weights."""
     path = Path(path)
-    if model is not None and path.suffix not in (".tnn", ".safetensors"):
-        raise CheckpointError(f"{path}: a network of your own loads from a .tnn export or a "
-                              "model.safetensors")
-    if member != 0 and path.suffix in (".nir", ".safetensors"):
-        raise CheckpointError(f"{path} holds the base network only; use checkpoint.pt "
-                              "for --member")
-    if path.suffix == ".nir":
-        from .nir import read_graph
-        model, meta = read_graph(path)
-    elif path.suffix == ".tnn":
-        from .packed import load_packed
-        model, meta = load_packed(path, model)
-    elif path.suffix == ".safetensors":
-        model, meta = load_model(path, model)
-    else:
-        state = load_checkpoint(path)
-        model, meta = member_from_checkpoint(state, member, path), state["meta"]
-    return model, meta
+    if integer and not format_of(path).own:
+        raise CheckpointError(f"{path}: --integer runs a .tnn, checkpoint.pt or "
+                              "model.safetensors of a compressed run, not a NIR graph")
+    net, meta = read(path, model, member)
+    if integer:
+        from .integer import integer_model
+        net = integer_model(net)
+    return net, meta
+
+
+def training_config(meta: dict, where=None):
+    """The config a network's ``meta`` says it was trained with; ``CheckpointError`` naming
+    ``where`` (its file) when it has none or it is not valid."""
+    if not isinstance(meta.get("config"), dict):
+        if where is None:
+            raise CheckpointError("the network carries no training config to evaluate it with "
+                                  "(it was not read from a file or trained by fit): pass the "
+                                  "data, evaluate(model, data)")
+        raise CheckpointError(f"{where}: holds no training config to evaluate it with")
+    try:
+        return from_record(meta["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"{where or 'the network'}: its training config is not valid "
+                              f"({e})") from None
 
 
 def load_for_eval(path: Path, member: int = 0, integer: bool = False):
-    """``(model, config)`` of ``load_network``; ``integer``: its integer inference
-    (``integer.py``)."""
-    model, meta = load_network(path, member)
-    if integer:
-        if path.suffix == ".nir":
-            raise CheckpointError(f"{path}: --integer runs a .tnn, checkpoint.pt or "
-                                  "model.safetensors of a compressed run, not a NIR graph")
-        from .integer import integer_model
-        model = integer_model(model)
-    if not isinstance(meta.get("config"), dict):
-        raise CheckpointError(f"{path}: holds no training config to evaluate it with")
-    try:
-        return model, from_record(meta["config"])
-    except ConfigError as e:
-        raise CheckpointError(f"{path}: its training config is not valid ({e})") from None
+    """``(network, config)`` of ``load``: the network and what it was trained with."""
+    model, meta = load(path, member, integer)
+    return model, training_config(meta, path)
 
 
-def evaluate_file(path: Path, member: int = 0, data_dir: str | None = None,
-                  device: str = "auto", split: str = "test", integer: bool = False) -> dict:
-    model, cfg = load_for_eval(path, member, integer)
+def report(model: torch.nn.Module, meta: dict, split: str = "test", data_dir: str | None = None,
+           device: str = "auto", where=None) -> dict:
+    """Accuracy, mean CE, confusion matrix, firing rates and operations of ``model`` on the
+    ``split`` (``test`` or ``val``) of the data set its ``meta`` says it was trained on, fed
+    and placed as in training (``data_dir``: where that data set is)."""
+    cfg = training_config(meta, where)
     if data_dir is not None:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dir=data_dir))
     dev = resolve_device(device)
@@ -103,10 +70,17 @@ def evaluate_file(path: Path, member: int = 0, data_dir: str | None = None,
     feed = TensorFeed(dataset, Preprocess(data, False, cfg.train.channels_last), dev)
     with recording(model) as rec:
         result = evaluate(model, feed, cfg.train.eval_batch_size)
-    return {"model": str(path), "member": member, "integer": integer, "data": data.name,
-            "split": split, "samples": len(dataset), "accuracy": result["acc"],
-            "loss": result["loss"], "confusion": result["confusion"],
-            "firing_rates": result["rates"], "operations": operations(model, rec)}
+    return {"data": data.name, "split": split, "samples": len(dataset),
+            **result, "operations": operations(model, rec)}
+
+
+def evaluate_file(path: Path, member: int = 0, data_dir: str | None = None,
+                  device: str = "auto", split: str = "test", integer: bool = False) -> dict:
+    """``report`` of the network in the file at ``path`` (cohort ``member``; ``integer``: its
+    integer inference), with where it came from."""
+    model, meta = load(path, member, integer)
+    return {"model": str(path), "member": member, "integer": integer,
+            **report(model, meta, split, data_dir, device, path)}
 
 
 def format_report(report: dict) -> str:

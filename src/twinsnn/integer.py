@@ -25,7 +25,7 @@ from torch import nn
 
 from .errors import CheckpointError, ConfigError
 from .fold import FoldedBlock, fold_layers
-from .neurons import LIF
+from .neurons import eq1_neuron
 from .quant import baked
 from .structure import SpikingNetwork, consumers, input_pools, layers, network
 
@@ -81,7 +81,8 @@ def integer_model(model: nn.Module) -> SpikingNetwork:
     """A copy of a compressed ``SpikingNetwork`` whose hidden layers run on integers (module
     docstring); same interface, eval mode. The layers that read the network's input and the
     readout stay float. ``CheckpointError`` if a hidden layer has full-precision weights,
-    ``ConfigError`` if a neuron is not a LIF or its decay is not a power of 1/2."""
+    ``ConfigError`` if a neuron does not run eq. 1 (``neurons.Eq1``) or its decay is not a
+    power of 1/2."""
     folded = fold_layers(network(model, "integer inference"))
     net = baked(model).eval()
     sum_pools = set()
@@ -98,12 +99,9 @@ def integer_model(model: nn.Module) -> SpikingNetwork:
             raise CheckpointError(f"layer {node.name}: a fan-in of {fan_in} is too large for "
                                   "exact integer sums in float32")
         block = node.module
-        if type(block.neuron) is not LIF:
-            raise ConfigError(f"integer inference needs LIF neurons; layer {node.name} has "
-                              f"{type(block.neuron).__name__}")
-        shift = decay_shift(block.neuron.decay)
-        block.neuron = IntegerLIF(thresholds(f, block.neuron.threshold, shift, net.timesteps),
-                                  shift)
+        neuron = eq1_neuron(block.neuron, "integer inference", node.name)
+        shift = decay_shift(neuron.decay)
+        block.neuron = IntegerLIF(thresholds(f, neuron.threshold, shift, net.timesteps), shift)
         block.synapse.weight = nn.Parameter(f.weight.float(), requires_grad=False)
         block.synapse.bias = None
         block.norm = nn.Identity()

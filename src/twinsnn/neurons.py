@@ -25,17 +25,33 @@ Potentials integrate in at least float32 (``state_dtype``): bfloat16 currents (a
 bfloat16 spikes, which hold 0 and 1 exactly, and bfloat16 input gradients.
 ``batchnorm_lif`` runs a BatchNorm and the LIF after it as one autograd node (``LIF`` with
 ``fuse_norm``), keeping only the BatchNorm's input for the backward pass.
+
+The neuron protocol (``Neuron``; every entry of ``NEURONS`` keeps it, tests/test_neurons.py
+checks each): a neuron is an ``nn.Module`` built as ``cls(decay=, threshold=, surrogate=,
+kernel=, fuse_norm=)`` (``models.blocks`` builds them so; what does not apply is ignored) with
+
+- ``forward(x_tb, norm=None)``: spikes (or activations) ``[T, B, ...]`` of the currents
+  ``norm(x_tb)``, the norm run over the time-folded batch, or ``x_tb`` itself without one;
+- ``kernel``: one of ``KERNELS``, and ``fuse_norm``: whether it may run a fusable norm and
+  itself as one autograd node in training; both set by ``set_kernel``, and running the
+  norm inside or before the neuron, with any kernel, gives the same outputs and gradients;
+- no state between forwards: each forward is a whole sequence from ``u = 0``, so there is
+  nothing to reset (``reset_states`` clears the state of other libraries' neurons).
+
+Exports that write or compute eq. 1 itself (``nir``, ``integer``) ask more (``Eq1``): the
+leak ``decay``, the ``threshold`` and the reset potential ``v_reset`` (0: the hard reset of
+eq. 1); ``eq1_neuron`` checks them or says why a layer cannot be exported.
 """
 from __future__ import annotations
 
 import functools
 import math
-from typing import Callable
+from typing import Callable, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
-from .errors import lookup
+from .errors import ConfigError, lookup
 from .layers import fold, over_time
 
 SURROGATE_HEIGHT = 0.5  # eq. 4: value of ds/du inside the window
@@ -320,6 +336,38 @@ def batchnorm_lif(x_tb: torch.Tensor, norm: nn.modules.batchnorm._BatchNorm, dec
                           float(decay), float(threshold), surrogate, compiled)
 
 
+@runtime_checkable
+class Neuron(Protocol):
+    """What a network's layers and ``set_kernel`` ask of a neuron (module docstring)."""
+
+    kernel: str
+    fuse_norm: bool
+
+    def forward(self, x_tb: torch.Tensor, norm: nn.Module | None = None) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Eq1(Protocol):
+    """A neuron that runs eq. 1: ``u[t] = decay * v[t-1] + I[t]``, a spike where
+    ``u >= threshold``, then ``v = v_reset`` (else ``v = u``)."""
+
+    decay: float
+    threshold: float
+    v_reset: float
+
+
+def eq1_neuron(neuron: nn.Module, what: str, layer: str) -> Eq1:
+    """``neuron`` itself, checked to run eq. 1 with its hard reset to 0, which is what
+    ``what`` (an export) computes; ``ConfigError`` naming ``layer`` otherwise."""
+    if not isinstance(neuron, Eq1):
+        raise ConfigError(f"{what} needs neurons of eq. 1 (decay, threshold, v_reset); layer "
+                          f"{layer} has {type(neuron).__name__}")
+    if float(neuron.v_reset) != 0.0:
+        raise ConfigError(f"{what} needs the hard reset to 0 of eq. 1; layer {layer} resets "
+                          f"to {neuron.v_reset}")
+    return neuron
+
+
 class LIF(nn.Module):
     """Multi-step LIF layer over ``[T, B, ...]``; holds only its parameters, never state.
 
@@ -329,6 +377,8 @@ class LIF(nn.Module):
     neurons, as in an exported graph, so that both give the same logits bit for bit (the
     fusion saves memory for the backward pass, which evaluation has not).
     """
+
+    v_reset = 0.0  # eq. 1's hard reset
 
     def __init__(self, decay: float = 0.5, threshold: float = 1.0, surrogate: str = "boxcar",
                  kernel: str = "eager", fuse_norm: bool = False):
@@ -387,11 +437,11 @@ def reset_states(model: nn.Module) -> None:
 
 
 def set_kernel(model: nn.Module, kernel: str, fuse_norm: bool = False) -> nn.Module:
-    """Run every neuron of ``model`` with ``kernel`` (one of ``KERNELS``), its BatchNorm fused
-    into it or not; returns ``model``."""
+    """Run every neuron of ``model`` (a ``Neuron``) with ``kernel`` (one of ``KERNELS``), its
+    BatchNorm fused into it or not; returns ``model``."""
     _check_kernel(kernel)
     for module in model.modules():
-        if isinstance(module, tuple(NEURONS.values())):
+        if isinstance(module, Neuron):
             module.kernel = kernel
             module.fuse_norm = fuse_norm
     return model

@@ -40,7 +40,7 @@ from .errors import CheckpointError, ConfigError
 from .files import atomic_write, first_line
 from .fold import FoldedBlock, fold_layers
 from .layers import SpikingBlock
-from .neurons import LIF
+from .neurons import eq1_neuron
 from .structure import (INPUT, Node, SpikingNetwork, input_pools, layers, network, pool_area,
                         shapes)
 
@@ -68,16 +68,37 @@ def _readout(decay: float, size: int) -> nir.NIRNode:
     return nir.LI(tau=ones * (DT / (1.0 - decay)), r=ones / (1.0 - decay), v_leak=0 * ones)
 
 
-def _layer(module: nn.Module, f: FoldedBlock, lif, fold: str, in_shape, out_shape):
+def input_shape(meta: dict) -> tuple[int, ...]:
+    """The per-sample shape ``(C, H, W)`` of a network's input, from its ``meta`` (``model``'s
+    ``in_channels`` and ``image_size``, or those at its top level); ``ConfigError`` if absent."""
+    spec = meta.get("model", meta) if isinstance(meta.get("model"), dict) else meta
+    channels, size = spec.get("in_channels"), spec.get("image_size")
+    if not (type(channels) is int and isinstance(size, (list, tuple)) and len(size) == 2):
+        raise ConfigError("NIR export needs the input's shape: pass meta={'model': "
+                          "{'in_channels': C, 'image_size': [H, W]}} (a built-in network "
+                          "carries it)")
+    return (channels, *size)
+
+
+def lif_constants(node: Node) -> tuple[float, float]:
+    """``(decay a, threshold theta)`` of a layer node's neurons, which must run eq. 1
+    (``neurons.eq1_neuron``) with ``a`` in [0, 1) (NIR's LIF node has a finite time
+    constant); ``ConfigError`` otherwise."""
+    neuron = eq1_neuron(node.module.neuron, "NIR export", node.name)
+    decay = float(neuron.decay)
+    if not 0.0 <= decay < 1.0:
+        raise ConfigError(f"NIR export needs model.decay in [0, 1) (a LIF node), got {decay}")
+    return decay, float(neuron.threshold)
+
+
+def _layer(module: nn.Module, f: FoldedBlock, decay: float, threshold: float, fold: str,
+           in_shape, out_shape):
     """``(synapse node, LIF node)`` of one block with BatchNorm folded in (``fold`` module):
     ``fold="neurons"``: the weights as trained (codes for a compressed layer), ``gain`` and
     ``shift`` in each neuron's ``r`` and ``v_leak``; ``fold="weights"``: full-precision
     weights times ``gain`` with bias ``shift``, or codes with bias ``shift / gain`` and
     threshold ``theta / gain``; ``r = 1 / (1 - a)`` and ``v_leak = 0``."""
-    decay = float(lif.decay)
-    if not 0.0 <= decay < 1.0:
-        raise ConfigError(f"NIR export needs model.decay in [0, 1) (a LIF node), got {decay}")
-    theta = torch.full_like(f.gain, float(lif.threshold))
+    theta = torch.full_like(f.gain, threshold)
     weight, bias, scale, leak = f.weight, torch.zeros_like(f.gain), f.gain, f.shift
     if fold == "weights":
         scale, leak = torch.ones_like(f.gain), torch.zeros_like(f.gain)
@@ -99,22 +120,17 @@ def _layer(module: nn.Module, f: FoldedBlock, lif, fold: str, in_shape, out_shap
     return synapse, neuron
 
 
-def to_graph(model: nn.Module, meta: dict, fold: str = "neurons") -> nir.NIRGraph:
-    """The NIR graph of a ``SpikingNetwork`` (eval mode, BatchNorm folded as ``fold`` says,
-    see ``_layer``); ``meta``: how the model was built and fed (``model``, ``data``,
-    ``config``), kept in the graph's metadata. A layer becomes ``<name>.synapse`` and
-    ``<name>.lif``, the readout ``<name>.synapse`` and ``<name>.li``; an addition becomes
-    edges converging on the nodes that read it (NIR sums a node's inputs); dropout is left
-    out."""
-    if fold not in FOLDS:
-        raise ConfigError(f"fold must be one of {FOLDS}, got {fold!r}")
-    net = network(model, "NIR export").eval()
-    folded = fold_layers(net)
-    spec = meta.get("model", meta)
-    shape = (spec["in_channels"], *spec["image_size"])  # per-sample shape of the input
+def network_graph(net: SpikingNetwork, meta: dict, layer, pool, readout,
+                  info: dict) -> nir.NIRGraph:
+    """The NIR graph of ``net``'s nodes from ``input`` to ``output``, with ``info`` (and the
+    input's normalization and the model's ``meta``) as JSON in its metadata. A layer becomes
+    ``layer(node, in_shape, out_shape) -> (synapse, neuron)``, named ``<name>.synapse`` and
+    ``<name>.lif``; a pool ``pool(node, kernel)``; the readout the chain ``readout(node) ->
+    [(suffix, NIR node), ...]`` named ``<name>.<suffix>`` before the ``output``; an addition
+    becomes edges converging on the nodes that read it (NIR sums a node's inputs); dropout is
+    left out."""
+    shape = input_shape(meta)
     sizes = shapes(net, shape)
-    sum_pools = {p.name for node in layers(net) if folded[node.name].sums_pool
-                 for p in input_pools(net, node)[1]}
     nodes, edges = {"input": nir.Input(input_type=np.array(shape))}, []
     ends = {INPUT: ["input"]}  # a node's output: the NIR nodes whose outputs sum to it
 
@@ -128,48 +144,71 @@ def to_graph(model: nn.Module, meta: dict, fold: str = "neurons") -> nir.NIRGrap
             ends[node.name] = sources
             continue
         if node.kind == "layer":
-            neuron = node.module.neuron
-            if type(neuron) is not LIF:
-                raise ConfigError(f"NIR export writes LIF neurons; layer {node.name} has "
-                                  f"{type(neuron).__name__}")
-            synapse, lif = _layer(node.module.synapse, folded[node.name], neuron, fold,
-                                  sizes[node.inputs[0]], sizes[f"{node.name}.synapse"])
+            synapse, neuron = layer(node, sizes[node.inputs[0]], sizes[f"{node.name}.synapse"])
             add(f"{node.name}.synapse", synapse, sources)
-            add(f"{node.name}.lif", lif, [f"{node.name}.synapse"])
+            add(f"{node.name}.lif", neuron, [f"{node.name}.synapse"])
             ends[node.name] = [f"{node.name}.lif"]
-            continue
-        if node.kind == "pool":
-            k = np.array(node.module.kernel_size if isinstance(node.module.kernel_size, tuple)
-                         else (node.module.kernel_size,) * 2)
-            summing = node.name in sum_pools or pool_area(node.module) == 1
-            kind = nir.SumPool2d if summing else nir.AvgPool2d
-            add(node.name, kind(kernel_size=k, stride=k, padding=np.zeros(2, int)), sources)
+        elif node.kind == "pool":
+            pool_area(node.module)  # a non-overlapping, unpadded pool
+            k = node.module.kernel_size
+            add(node.name, pool(node, np.array(k if isinstance(k, tuple) else (k, k))), sources)
+            ends[node.name] = [node.name]
         elif node.kind == "flatten":
             add(node.name, nir.Flatten(input_type=np.array(sizes[node.inputs[0]]),
                                        start_dim=0), sources)
-        else:  # readout
-            add(f"{node.name}.synapse", nir.Affine(
-                weight=node.module.weight.detach().float().numpy(),
-                bias=node.module.bias.detach().float().numpy()), sources)
-            add(f"{node.name}.li", _readout(net.readout_decay, node.module.out_features),
-                [f"{node.name}.synapse"])
-            add("output", nir.Output(output_type=np.array([node.module.out_features])),
-                [f"{node.name}.li"])
-            continue
-        ends[node.name] = [node.name]
+            ends[node.name] = [node.name]
+        else:
+            for suffix, step in readout(node):
+                add(f"{node.name}.{suffix}", step, sources)
+                sources = [f"{node.name}.{suffix}"]
+            add("output", nir.Output(output_type=np.array([node.module.out_features])), sources)
     data = meta.get("data", {})
-    info = {"format": FORMAT, "dt": DT, "timesteps": net.timesteps, "decode": DECODE,
-            "fold": fold, "input": INPUT_NOTE, "normalization": {
-                "mean": data.get("mean"), "std": data.get("std")}, "meta": meta}
+    info = {**info, "input": INPUT_NOTE, "normalization": {
+        "mean": data.get("mean"), "std": data.get("std")}, "meta": meta}
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata={METADATA_KEY: json.dumps(info)})
 
 
-def write_graph(model: nn.Module, meta: dict, path, fold: str = "neurons") -> Path:
-    """``nir.write`` of ``to_graph(model, meta, fold)`` to ``path``, atomically."""
+def save_graph(graph: nir.NIRGraph, path) -> Path:
+    """``nir.write`` of ``graph`` to ``path``, atomically."""
     path = Path(path)
-    graph = to_graph(model, meta, fold)
     atomic_write(path, lambda tmp: nir.write(tmp, graph))
     return path
+
+
+def to_graph(model: nn.Module, meta: dict, fold: str = "neurons") -> nir.NIRGraph:
+    """The NIR graph of a ``SpikingNetwork`` (eval mode, BatchNorm folded as ``fold`` says,
+    see ``_layer``; ``network_graph``); ``meta``: how the model was built and fed
+    (``model``, ``data``, ``config``), kept in the graph's metadata. The readout is
+    ``<name>.synapse`` and ``<name>.li``."""
+    if fold not in FOLDS:
+        raise ConfigError(f"fold must be one of {FOLDS}, got {fold!r}")
+    net = network(model, "NIR export").eval()
+    folded = fold_layers(net)
+    sum_pools = {p.name for node in layers(net) if folded[node.name].sums_pool
+                 for p in input_pools(net, node)[1]}
+
+    def layer(node, in_shape, out_shape):
+        return _layer(node.module.synapse, folded[node.name], *lif_constants(node), fold,
+                      in_shape, out_shape)
+
+    def pool(node, k):
+        summing = node.name in sum_pools or pool_area(node.module) == 1
+        kind = nir.SumPool2d if summing else nir.AvgPool2d
+        return kind(kernel_size=k, stride=k, padding=np.zeros(2, int))
+
+    def readout(node):
+        return [("synapse", nir.Affine(weight=node.module.weight.detach().float().numpy(),
+                                       bias=node.module.bias.detach().float().numpy())),
+                ("li", _readout(net.readout_decay, node.module.out_features))]
+
+    info = {"format": FORMAT, "dt": DT, "timesteps": net.timesteps, "decode": DECODE,
+            "fold": fold}
+    return network_graph(net, meta, layer, pool, readout, info)
+
+
+def write_graph(model: nn.Module, meta: dict, path, fold: str = "neurons") -> Path:
+    """``to_graph(model, meta, fold)`` written to ``path``, atomically."""
+    return save_graph(to_graph(model, meta, fold), path)
 
 
 class GraphLIF(nn.Module):
@@ -290,10 +329,12 @@ def _pool(node) -> nn.Module:
 SYNAPSES = (nir.Conv2d, nir.Affine, nir.Linear)
 
 
-def _assemble(graph: nir.NIRGraph, info: dict) -> SpikingNetwork:
+def _assemble(graph: nir.NIRGraph, info: dict, readout_decay: float | None = None
+              ) -> SpikingNetwork:
     """The ``SpikingNetwork`` of a graph made of ``Input``, synapse-LIF pairs (a layer),
     ``AvgPool2d`` / ``SumPool2d``, ``Flatten``, and an ``Affine`` -> ``LI`` readout before the
-    ``Output``; a node with several inputs reads their sum."""
+    ``Output``, or with ``readout_decay`` given, the ``Affine`` alone (whose currents drive the
+    readout the metadata describes); a node with several inputs reads their sum."""
     dt, order, inputs = float(info["dt"]), *_order(graph)
     readers = {name: [d for s, d in graph.edges if s == name] for name in graph.nodes}
     ours, nodes, blocks, pools, out, decay = {}, [], [], [], None, None
@@ -307,7 +348,8 @@ def _assemble(graph: nir.NIRGraph, info: dict) -> SpikingNetwork:
         sources = [ours[i] for i in inputs[name]]
         if isinstance(node, nir.Output):
             if out is None or sources != ["out"]:
-                raise NotTwinsnnShaped("its Output does not read an Affine -> LI readout")
+                raise NotTwinsnnShaped("its Output does not read an Affine -> LI readout (or a "
+                                       "portable graph's readout Affine)")
             continue
         if out is not None:
             raise NotTwinsnnShaped(f"node {name} comes after the readout")
@@ -325,6 +367,12 @@ def _assemble(graph: nir.NIRGraph, info: dict) -> SpikingNetwork:
                 layer = name[:-len(".synapse")] if name.endswith(".synapse") else name
                 nodes.append(Node(layer, "layer", tuple(sources), blocks[-1]))
                 ours[name] = ours[after[0]] = layer
+                continue
+            if readout_decay is not None and isinstance(neuron, nir.Output) and \
+                    isinstance(node, (nir.Affine, nir.Linear)):
+                out, decay = _torch_synapse(node), readout_decay
+                nodes.append(Node("out", "readout", tuple(sources), out))
+                ours[name] = "out"
                 continue
             if not isinstance(neuron, (nir.LI, nir.I)) or \
                     not isinstance(node, (nir.Affine, nir.Linear)):
@@ -344,7 +392,7 @@ def _assemble(graph: nir.NIRGraph, info: dict) -> SpikingNetwork:
                                    "does not read here")
         ours[name] = name
     if out is None:
-        raise NotTwinsnnShaped("it has no Affine -> LI readout")
+        raise NotTwinsnnShaped("it has no Affine -> LI readout before its Output")
     modules = {"layers": nn.ModuleList(blocks), "pools": nn.ModuleList(pools), "out": out}
     try:
         return SpikingNetwork(modules, nodes, int(info["timesteps"]), decay)
@@ -352,16 +400,19 @@ def _assemble(graph: nir.NIRGraph, info: dict) -> SpikingNetwork:
         raise NotTwinsnnShaped(str(e)) from None
 
 
-def _info(graph: nir.NIRGraph) -> dict:
-    """The twinsnn metadata of a graph: format, dt, timesteps and the model's ``meta``."""
+def _info(graph: nir.NIRGraph, form: str) -> dict:
+    """The twinsnn metadata of a graph of ``form``: format, dt, timesteps and the model's
+    ``meta``."""
     raw = (graph.metadata or {}).get(METADATA_KEY)
     try:
         info = json.loads(raw)
     except (TypeError, ValueError, RecursionError):
         raise NotTwinsnnShaped(f"it has no '{METADATA_KEY}' metadata (timesteps, dt, data set); "
                       "write it with `twinsnn export --format nir`") from None
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
-        raise NotTwinsnnShaped(f"its metadata is not {FORMAT}")
+    if not isinstance(info, dict) or info.get("format") != form:
+        found = info.get("format") if isinstance(info, dict) else None
+        raise NotTwinsnnShaped(f"its metadata is {found!r:.60}, not {form}; export the "
+                               "network again with `twinsnn export CHECKPOINT -o model.nir`")
     dt, steps = info.get("dt"), info.get("timesteps")
     if not (isinstance(dt, float) and dt > 0 and type(steps) is int
             and 0 < steps <= MAX_TIMESTEPS and isinstance(info.get("meta"), dict)):
@@ -370,9 +421,20 @@ def _info(graph: nir.NIRGraph) -> dict:
     return info
 
 
-def read_graph(path) -> tuple[SpikingNetwork, dict]:
-    """Build and check the network a NIR file describes: ``(model in eval mode, meta)``;
-    ``CheckpointError`` (one line) for a missing, damaged or not twinsnn-shaped file."""
+def graph_format(path) -> str | None:
+    """The ``format`` a NIR file's twinsnn metadata names, or ``None`` for any other file."""
+    try:
+        graph = nir.read(Path(path))
+        return json.loads(graph.metadata[METADATA_KEY]).get("format")
+    except Exception:  # not a file of ours: its reader says what is wrong
+        return None
+
+
+def read_graph(path, form: str = FORMAT, readout=None) -> tuple[SpikingNetwork, dict]:
+    """Build and check the network a NIR file of ``form`` describes: ``(model in eval mode,
+    meta)``; ``CheckpointError`` (one line) for a missing, damaged or not twinsnn-shaped file.
+    ``readout(info)``: the decay of a readout the graph's metadata describes (a graph that
+    ends at the readout's synapse), or ``NotTwinsnnShaped``."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such NIR file")
@@ -383,8 +445,8 @@ def read_graph(path) -> tuple[SpikingNetwork, dict]:
     try:
         if not isinstance(graph, nir.NIRGraph):
             raise NotTwinsnnShaped("it holds a single node, not a graph")
-        info = _info(graph)
-        model = _assemble(graph, info).eval()
+        info = _info(graph, form)
+        model = _assemble(graph, info, None if readout is None else readout(info)).eval()
         (source,) = [n for n in graph.nodes.values() if isinstance(n, nir.Input)]
         shape = np.asarray(source.input_type["input"]).tolist()
         with torch.no_grad():

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .config import record_defaults
 from .errors import TwinsnnError
+from .metrics import ACCURACY, AGREEMENT, LOSS, member_key, new_name, part_key, renamed
 
 IGNORED_KEYS = ("name", "out_dir", "train.tensorboard")  # they do not change the numbers
 # Config values each seed has its own of: a distilled run's teacher is a net of another seed.
@@ -23,7 +24,8 @@ def load_run(run_dir: Path) -> dict:
         raise TwinsnnError(f"{run_dir} is not a run folder (not a directory)")
     try:
         info = json.loads((run_dir / "run.json").read_text())
-        metrics = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
+        metrics = [renamed(json.loads(l)) for l in (run_dir / "metrics.jsonl").read_text()
+                   .splitlines() if l.strip()]
     except FileNotFoundError as e:
         raise TwinsnnError(f"{run_dir} is not a run folder ({Path(e.filename).name} missing)") from None
     except json.JSONDecodeError as e:
@@ -66,8 +68,8 @@ def label(run: dict, keys: list[str]) -> str:
 def final_accuracy(run: dict, split: str) -> float | None:
     """The base's accuracy on ``split`` after the last epoch: from ``metrics.jsonl``, or for
     the test split from ``test.json`` (``twinsnn sweep --test``); None if neither has it."""
-    last = run["metrics"][-1].get(f"{split}_acc/0")
-    return run["test"].get("accuracy") if last is None and split == "test" else last
+    last = run["metrics"][-1].get(member_key(split, ACCURACY))
+    return run["test"].get(ACCURACY) if last is None and split == "test" else last
 
 
 def t_interval(values: list[float], level: float = 0.95) -> dict:
@@ -200,12 +202,12 @@ def family_sizes(paired: list[dict]) -> dict:
 
 
 METRICS = {  # name: (what it is, unit, scale to that unit, its value in a loaded run)
-    "val_acc": ("validation accuracy of the base", "points", 100.0,
-                lambda run: final_accuracy(run, "val")),
-    "test_acc": ("test accuracy of the base", "points", 100.0,
-                 lambda run: final_accuracy(run, "test")),
-    "test_loss": ("test cross-entropy of the base", "nats", 1.0,
-                  lambda run: run["test"].get("loss")),
+    f"val_{ACCURACY}": ("validation accuracy of the base", "points", 100.0,
+                        lambda run: final_accuracy(run, "val")),
+    f"test_{ACCURACY}": ("test accuracy of the base", "points", 100.0,
+                         lambda run: final_accuracy(run, "test")),
+    f"test_{LOSS}": ("test cross-entropy of the base", "nats", 1.0,
+                     lambda run: run["test"].get(LOSS)),
 }
 
 
@@ -232,11 +234,12 @@ def family_report(path: Path) -> dict:
     its metric's unit), with ``p_holm``: ``holm`` over every p-value of the file. The file
     (JSON): ``{"title": ..., "comparisons": [{"comparison": name, "metric": one of
     METRICS, "baseline": [glob, ...], "other": [glob, ...]}, ...]}``, globs of run folders
-    relative to the file."""
+    relative to the file; a metric as older files spell it (``test_acc``) is read as today's
+    (``metrics.new_name``)."""
     path = Path(path)
     try:
         spec = json.loads(path.read_text())
-        entries = [(c["comparison"], c["metric"], c["baseline"], c["other"])
+        entries = [(c["comparison"], new_name(c["metric"]), c["baseline"], c["other"])
                    for c in spec["comparisons"]]
     except FileNotFoundError:
         raise TwinsnnError(f"no family file {path}") from None
@@ -334,9 +337,12 @@ def format_summary(rows: list[dict], paired: list[dict] = ()) -> str:
     return "\n".join(lines)
 
 
-PANELS = [("train CE (base)", "train_ce/0"), ("val accuracy (base)", "val_acc/0"),
-          ("train matching loss (raw)", "train_match"), ("val CE (base)", "val_loss/0"),
-          ("train accuracy (base)", "train_acc/0"), ("base-twin agreement", "train_agreement")]
+PANELS = [("train CE (base)", part_key("ce/0")), ("val accuracy (base)",
+                                                 member_key("val", ACCURACY)),
+          ("train matching loss (raw)", part_key("match")),
+          ("val CE (base)", member_key("val", LOSS)),
+          ("train accuracy (base)", member_key("train", ACCURACY)),
+          ("base-twin agreement", AGREEMENT)]
 
 
 def _figure_backend():
@@ -371,7 +377,7 @@ def curves_figure(runs: list[dict]):
                         color=f"C{i}")  # the i-th colour of the cycle, in every panel
         ax.set_title(title)
         ax.set_xlabel("epoch")
-        if key == "train_match":
+        if key == part_key("match"):
             ax.set_yscale("log")
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")

@@ -1,4 +1,5 @@
-"""The run folder ``<out_dir>/<name>/`` and its life: start, resume, branch, stop.
+"""The run folder ``<out_dir>/<name>/`` and its life: start, resume, branch, stop. It is
+the training loop's sink (``train.Sink``): it keeps each epoch's record and checkpoint.
 
 - ``run.json``: the resolved config, member seeds, data split, versions, git commit (and
   whether the tree was dirty) and machine;
@@ -13,8 +14,7 @@
 
 A run starts fresh, continues from its own checkpoint (``resume``), or starts from another
 run's end-of-epoch checkpoint (``branch_from``) where that gives bitwise the run its config
-gives from scratch (``check_branch``). ``StopSignal`` turns SIGINT/SIGTERM into a flag that
-the loop reads after every step (handlers only in the main thread: ``fit`` runs in any).
+gives from scratch (``check_branch``).
 """
 from __future__ import annotations
 
@@ -22,9 +22,7 @@ import fcntl
 import json
 import os
 import platform
-import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -44,28 +42,6 @@ from .files import first_line, write_text
 # before the branch point).
 BRANCH_FREE_KEYS = ("name", "out_dir", "data.dir", "train.epochs", "train.eval_test",
                     "train.eval_batch_size", "train.tensorboard")
-
-
-class StopSignal:
-    """SIGINT/SIGTERM set ``requested``; the loop finishes its step, checkpoints and stops.
-    Python delivers signals to the main thread only, so elsewhere no handler is installed."""
-
-    def __init__(self):
-        self.requested = False
-
-    def __enter__(self):
-        self._old = {}
-        if threading.current_thread() is threading.main_thread():
-            self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT,
-                                                                     signal.SIGTERM)}
-        return self
-
-    def _handle(self, signum, _frame):
-        self.requested = True
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
 
 
 ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")
@@ -301,7 +277,8 @@ class RunFolder:
         return state
 
     def log(self, record: dict) -> None:
-        """Append one epoch's line to ``metrics.jsonl``, on disk before the checkpoint."""
+        """Append one epoch's line to ``metrics.jsonl`` (on disk before the checkpoint that
+        follows it), and with ``train.tensorboard`` its scalars."""
         if not self.writer:
             return
         with open(self.metrics, "a") as f:
@@ -337,15 +314,17 @@ class RunFolder:
         info[key] = [*info.get(key, []), value]
         write_text(self.dir / "run.json", json.dumps(info, indent=2) + "\n")
 
-    def save(self, state: dict) -> None:
+    def save(self, cohort, epoch: int, step: int = 0, rng: dict | None = None,
+             sums: dict | None = None) -> None:
+        """Write ``checkpoint.pt`` (``checkpoint_state``)."""
         if self.writer:
-            save_checkpoint(self.checkpoint, state)
+            save_checkpoint(self.checkpoint, checkpoint_state(self.cfg, cohort, epoch, step, rng,
+                                                              sums))
 
     def finish(self, base: torch.nn.Module, meta: dict) -> None:
         """Write the base network (compressed weights baked in) as ``model.safetensors``."""
         if self.writer:
-            save_model(self.dir / "model.safetensors",
-                       quant.baked(base) if quant.is_compressed(base) else base, meta)
+            save_model(self.dir / "model.safetensors", base, meta)
 
     def fault(self, what: str, epoch: int, step: int) -> TrainingError:
         """The error that stops a run whose numbers are no longer finite."""

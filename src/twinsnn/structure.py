@@ -76,7 +76,10 @@ class SpikingNetwork(nn.Module):
     """A network that runs its ``nodes`` (module docstring) in order: ``forward(x)`` gives the
     readout's potentials ``[T, B, K]``. ``modules`` are registered as its children under
     their keys (which name their weights in a state dict); every node's module is one of
-    them or inside one."""
+    them or inside one. ``meta`` describes the network to the files it is written to:
+    ``{"model": models.model_spec(...)}`` for a built-in one (``models.build_model``), with
+    the ``"data"`` it was trained on and its ``"config"`` once trained or read from a file;
+    empty for a network built by hand."""
 
     def __init__(self, modules: dict[str, nn.Module], nodes: list[Node], timesteps: int,
                  readout_decay: float):
@@ -86,6 +89,7 @@ class SpikingNetwork(nn.Module):
         _check(self, nodes)
         self.nodes = list(nodes)
         self.timesteps, self.readout_decay = timesteps, readout_decay
+        self.meta: dict = {}
         last_use = {name: i for i, node in enumerate(self.nodes) for name in node.inputs}
         self._free = [[n for n, last in last_use.items() if last == i]
                       for i in range(len(self.nodes))]

@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+from .choices import check_choices
 from .files import first_line, write_text
 from .config import Config, coerce, load_config, parse_overrides, resolve_key
 from .errors import ConfigError, TwinsnnError, lookup
@@ -105,7 +106,7 @@ def sweep(config: str, sets: list[str], seeds: list[int], out_dir: str | None = 
     dirs, todo = [], []
     for point in grid(sets, seeds):
         name = run_name(base.name, point)
-        cfg = load_config(config, {**point, "name": name, "out_dir": out})
+        cfg = check_choices(load_config(config, {**point, "name": name, "out_dir": out}))
         run_dir = Path(out) / name
         dirs.append(run_dir)
         if (run_dir / "model.safetensors").exists():

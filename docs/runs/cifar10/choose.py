@@ -12,7 +12,7 @@ out, candidates = Path(sys.argv[1]), [a.split("=", 1) for a in sys.argv[2:]]
 scores = []
 for setting, run in candidates:
     last = json.loads(Path(run, "metrics.jsonl").read_text().splitlines()[-1])
-    scores.append((last["val_acc/0"], setting, run, last["epoch"]))
+    scores.append((last.get("val_accuracy/0", last.get("val_acc/0")), setting, run, last["epoch"]))
 best = max(scores, key=lambda s: s[0])  # max keeps the first of equal values
 for acc, setting, run, epoch in scores:
     print(f"{'*' if (acc, setting) == best[:2] else ' '} {setting}: val acc {acc:.4f} "

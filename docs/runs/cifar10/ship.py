@@ -18,6 +18,7 @@ from pathlib import Path
 
 from twinsnn.files import atomic_write, write_text
 from twinsnn.inference import evaluate_file
+from twinsnn.metrics import renamed
 from twinsnn.run import cpu_info
 
 SHIPPED = Path(__file__).resolve().parents[3] / "src" / "twinsnn" / "pretrained"
@@ -56,7 +57,7 @@ def main() -> None:
                  "nothing written")
     if record is None:
         run = json.loads((args.run / "run.json").read_text())
-        last = json.loads((args.run / "metrics.jsonl").read_text().splitlines()[-1])
+        last = renamed(json.loads((args.run / "metrics.jsonl").read_text().splitlines()[-1]))
         machine = run["machine"]
         record = {"name": args.name, "description": args.description,
                   "command": args.command, "config": run["config"], "run": args.run.name,
@@ -65,7 +66,7 @@ def main() -> None:
                   "machine": {k: machine[k] for k in ("cpu", "family", "model",
                                                       "torch_capability", "torch_threads")},
                   "test_accuracy": report["accuracy"], "test_loss": report["loss"],
-                  "val_accuracy": last["val_acc/0"], "test_accuracy_checked_on": [],
+                  "val_accuracy": last["val_accuracy/0"], "test_accuracy_checked_on": [],
                   "bytes": args.packed.stat().st_size}
         atomic_write(target, lambda tmp: shutil.copyfile(args.packed, tmp))
     record["test_accuracy_checked_on"] = sorted({*record["test_accuracy_checked_on"],

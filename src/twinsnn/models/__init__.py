@@ -21,8 +21,12 @@ SHAPE_KEYS = ("num_classes", "in_channels", "image_size")  # what a network take
 
 
 def build_model(cfg, num_classes: int, in_channels: int, image_size) -> SpikingNetwork:
-    """The network ``cfg.arch`` of ``MODELS``, for data of that many classes, channels and size."""
-    return lookup(MODELS, cfg.arch, "model.arch")(cfg, num_classes, in_channels, image_size)
+    """The network ``cfg.arch`` of ``MODELS``, for data of that many classes, channels and size,
+    carrying its ``model_spec`` (``SpikingNetwork.meta``), so that any file it is written to
+    rebuilds it."""
+    net = lookup(MODELS, cfg.arch, "model.arch")(cfg, num_classes, in_channels, image_size)
+    net.meta = {"model": model_spec(cfg, num_classes, in_channels, image_size)}
+    return net
 
 
 def model_spec(cfg, num_classes: int, in_channels: int, image_size) -> dict:
