@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from twinsnn.data import fashion_mnist, image_folder
+from twinsnn.config import DataConfig
+from twinsnn.data import build_data, fashion_mnist, image_folder
 
 
 def pytest_addoption(parser):
@@ -49,6 +50,19 @@ NO_CIFAR10_JPEG = "the CIFAR-10 JPEG copy was not given"
 HOW_TO_GET = {NO_FMNIST: fashion_mnist.HOW_TO_GET,  # the real data the tests may skip without
               NO_CIFAR10_JPEG: "pytest --real-data=DIR, DIR holding cifar10-jpeg.tar.gz (as "
                                ".ci/run does), or $TWINSNN_DATA"}
+
+
+@pytest.fixture(scope="session")
+def cifar10_jpeg_home(cifar10_jpeg, tmp_path_factory):
+    """A home folder whose ``~/.cache/twinsnn`` holds the decoded real copy, decoded once per
+    session for all workers: set ``HOME`` to it, and the commands read the cache."""
+    from filelock import FileLock
+
+    home = shared_folder(tmp_path_factory, "cifar10-jpeg-home")
+    with FileLock(str(home) + ".lock"):
+        build_data(DataConfig(name="cifar10-jpeg", dir=str(cifar10_jpeg), val_size=0,
+                              cache_dir=str(home / ".cache" / "twinsnn")), 2)
+    return home
 
 
 def slow_when_compiled(kernels) -> list:

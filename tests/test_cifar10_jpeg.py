@@ -11,7 +11,6 @@ import torch
 from PIL import Image
 
 import twinsnn
-from conftest import shared_folder
 from test_cli import cli
 from twinsnn.config import DataConfig
 from twinsnn.data import build_data, image_folder
@@ -82,19 +81,6 @@ def test_a_short_training_run_on_real_images_lowers_the_loss(real_slice, tmp_pat
     losses = [m["train_loss"] for m in run.metrics]
     assert losses[2] < losses[1] < losses[0], losses
     assert run.metrics[-1]["val_accuracy/0"] > 0.15  # chance: 0.10
-
-
-@pytest.fixture(scope="module")
-def cifar10_jpeg_home(cifar10_jpeg, tmp_path_factory):
-    """A home folder whose ``~/.cache/twinsnn`` holds the decoded real copy, decoded once per
-    session for all workers: set ``HOME`` to it, and the commands read the cache."""
-    from filelock import FileLock
-
-    home = shared_folder(tmp_path_factory, "cifar10-jpeg-home")
-    with FileLock(str(home) + ".lock"):
-        build_data(DataConfig(name="cifar10-jpeg", dir=str(cifar10_jpeg), val_size=0,
-                              cache_dir=str(home / ".cache" / "twinsnn")), 2)
-    return home
 
 
 def test_the_whole_copy_as_cifar10_jpeg(cifar10_jpeg, cifar10_jpeg_home, monkeypatch, capsys):

@@ -1,6 +1,7 @@
 """Image folders (``<split>/<class>/<image>``) in a folder or an archive, as a user keeps them:
 PNG, JPEG and BMP files written by Pillow, read back through the loader, the cache, the API and
 the command line; every bad folder a one-line error with nothing cached."""
+import dataclasses
 import io
 import json
 import os
@@ -210,7 +211,8 @@ def test_bad_folder_is_one_error_and_caches_nothing(folder, tmp_path, case):
     assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())
 
 
-@pytest.mark.parametrize("case", ["damaged image", "mixed sizes", "other test classes"])
+@pytest.mark.parametrize("case", ["damaged image", "not an image", "empty class",
+                                  "other test classes", "mixed sizes"])
 def test_bad_archive_on_the_command_line_is_one_line_exit_2(folder, tmp_path, case, capsys):
     root, _ = folder
     expected = BAD[case](root).replace(str(root) + "/", "")
@@ -221,6 +223,18 @@ def test_bad_archive_on_the_command_line_is_one_line_exit_2(folder, tmp_path, ca
     assert_one_line_error(proc, expected)
     assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())
     assert not (tmp_path / "runs" / "fmnist-cpu" / "checkpoint.pt").exists()
+
+
+def test_an_image_not_of_the_data_sets_size_is_named(folder, tmp_path):
+    """A named data set of one image size (cifar10-jpeg: 3x32x32) stops at the first image of
+    another, before anything is cached."""
+    root, _ = folder
+    kind = dataclasses.replace(image_folder.CIFAR10_JPEG, names=(), CLASSES=CLASSES,
+                               per_class=None)
+    with pytest.raises(DataError, match=r"train/ant/000.png: 12x8 pixels, but the data set's "
+                                        r"images are 32x32$"):
+        kind.load(data_cfg(root, tmp_path))
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())
 
 
 def test_damaged_member_is_named_with_its_archive(folder, tmp_path):

@@ -66,3 +66,7 @@ for s in 1 2 3 4; do
   jt test-tna-s$s tna-s$s tna-seed$s
   jt test-tnatsnn-s$s tnatsnn-s$s tnatsnn-seed$s
 done
+
+# The chosen TNA T-SNN of seed 0, packed for shipping, and the packed file's test accuracy
+j export-tnatsnn-s0 choose-tnatsnn,test-tnatsnn-s0 "cd $C && mkdir -p export && OMP_NUM_THREADS=1 $C/code/.venv/bin/twinsnn export $R/tnatsnn-sw\$(cat $K/tnatsnn-sw)-seed0/checkpoint.pt -o $C/export/cifar10-jpeg-tna-tsnn.tnn"
+echo "eval-export-tnatsnn-s0|export-tnatsnn-s0|cd $C && TWINSNN_DATA=/work/shared/data OMP_NUM_THREADS=1 $C/code/.venv/bin/twinsnn eval $C/export/cifar10-jpeg-tna-tsnn.tnn --json > $C/export/cifar10-jpeg-tna-tsnn.eval-test.json 2> $C/logs/eval-export-tnatsnn-s0.log"
