@@ -179,7 +179,7 @@ def previous() -> dict:
     return json.loads((PREVIOUS / "expected.json").read_text())
 
 
-@pytest.mark.parametrize("name", ["model.tnn", "model.safetensors", "checkpoint.pt"])
+@pytest.mark.parametrize("name", ["model.tnn", "model.safetensors"])
 def test_files_of_twinsnn_0_2_0_load_and_evaluate_as_they_did(name, tiny_data, capsys):
     """A network trained and written by twinsnn 0.2.0 (``tests/data/v0.2.0/README.md``): the
     same logits from ``twinsnn.load``, the same accuracy from ``twinsnn eval``."""
@@ -192,10 +192,9 @@ def test_files_of_twinsnn_0_2_0_load_and_evaluate_as_they_did(name, tiny_data, c
 
 def test_a_graph_of_twinsnn_0_2_0_evaluates_as_it_did(tiny_data, tmp_path, capsys):
     """0.2.0's NIR export is the ``nir`` format's, unchanged (``twinsnn-nir/1``, BatchNorm
-    folded into the neurons): written by it, the graph scores what the checkpoint scored."""
-    net, meta = twinsnn.load(PREVIOUS / "checkpoint.pt"), None
-    meta = net.meta
-    path = write_graph(net, meta, tmp_path / "old.nir")
+    folded into the neurons): written by it, the graph scores what the saved network scored."""
+    net = twinsnn.load(PREVIOUS / "model.safetensors")
+    path = write_graph(net, net.meta, tmp_path / "old.nir")
     assert graph_format(path) == NIR_FORMAT == "twinsnn-nir/1"
     got = cli_eval(capsys, path, tiny_data)
-    assert got["accuracy"] == previous()["eval_accuracy"]["checkpoint.pt"]
+    assert got["accuracy"] == previous()["eval_accuracy"]["model.safetensors"]
