@@ -1,10 +1,10 @@
 #!/bin/bash
-# Copies the campaign's records from $C (default /work/c41) into this folder: every run's
+# Copies the campaign's records from $C (default /work/c41) into this folder (or $DEST): every run's
 # run.json, metrics.jsonl and test.json (never a checkpoint or model), progress.txt, and each
 # choice with the candidates it was made from; the shipped export's log and test evaluation.
 set -e
 C=${C:-/work/c41}
-cd "$(dirname "$0")"
+cd "${DEST:-$(dirname "$0")}"
 for run in "$C"/runs/*/; do
   name=$(basename "$run")
   [ -f "$run/model.safetensors" ] || continue  # finished runs only
