@@ -25,12 +25,7 @@ cat > family.json <<JSON
 }
 JSON
 S="{1,2,3,4}"
-section() {  # title, run folders
-  local title=$1; shift
-  echo "## $title"; echo
-  echo "\`twinsnn report $*\`:"; echo
-  $TWINSNN report $(eval echo "$@"); echo
-}
+. ../report_section.sh  # section TITLE RUN_FOLDERS...
 {
 echo "# CIFAR-10 (JPEG q75 copy) at CPU scale: report"; echo
 echo "Made by \`make_report.sh\` from the records in this folder ([plan](plan.md))."; echo

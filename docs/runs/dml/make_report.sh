@@ -17,12 +17,7 @@ cat > family.json <<JSON
  ]
 }
 JSON
-section() {  # title, run folders
-  local title=$1; shift
-  echo "## $title"; echo
-  echo "\`twinsnn report $*\`:"; echo
-  $TWINSNN report $(eval echo "$@"); echo
-}
+. ../report_section.sh  # section TITLE RUN_FOLDERS...
 {
 echo "# DML against TNA on the main job's recipe: report"; echo
 echo "Made by \`make_report.sh\` from the records in this folder ([plan](plan.md))."; echo
